@@ -1,0 +1,38 @@
+# One-command start and test. See README.md.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export ORT_DISABLE_TELEMETRY := 1
+export NUMBA_CACHE_DIR := $(CURDIR)/var/numba
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: run test bench setup clean assets
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# xstatic-bootstrap is an sdist whose build needs pkg_resources: build it without isolation
+	$(BIN)/pip install --quiet "setuptools<81" wheel
+	$(BIN)/pip install --quiet --no-build-isolation -r requirements.txt
+	touch $(STAMP)
+
+setup: $(STAMP) assets
+
+# Bootstrap 5.3 CSS comes from the installed xstatic-bootstrap package, never from a CDN.
+assets: $(STAMP)
+	$(BIN)/python -m scripts.vendor_assets
+
+run: setup
+	@mkdir -p var
+	@$(BIN)/python -c "from core.settings import get_settings as g; s=g(); print(f'Console: http://{s.host}:{s.port}  (Redis: {s.redis_url})', flush=True)"
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start -f Procfile
+
+test: setup
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q tests
+
+bench: setup
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m bench.run
+
+clean:
+	rm -rf var .pytest_cache

@@ -1,0 +1,49 @@
+"""The one Celery app of the console, its configuration and its beat schedule.
+
+Task names are `area.verb`; beat entries are keyed by the same names and carry `expires`
+so a backlog of 1-second jobs never piles up behind a stopped worker.
+"""
+from __future__ import annotations
+
+from celery import Celery
+
+from core.settings import get_settings
+
+TASK_MODULES = [
+    "workers.telemetry_tasks",
+    "workers.metrics_tasks",
+]
+
+
+class CeleryConfig:
+    _s = get_settings()
+    broker_url = _s.redis_url
+    result_backend = _s.redis_url
+    include = TASK_MODULES
+    task_serializer = "json"
+    result_serializer = "json"
+    accept_content = ["json"]
+    result_expires = 3600
+    task_ignore_result = True
+    timezone = "UTC"
+    enable_utc = True
+    worker_prefetch_multiplier = 1
+    worker_hijack_root_logger = False
+    broker_connection_retry_on_startup = True
+    broker_transport_options = {"visibility_timeout": 300}
+    beat_scheduler = "workers.health:HeartbeatScheduler"
+    beat_schedule_filename = str(_s.var_dir / "celerybeat-schedule")
+    beat_schedule = {
+        "telemetry.rollup": {"task": "telemetry.rollup", "schedule": 1.0,
+                             "options": {"expires": 2.0}},
+        "metrics.collect": {"task": "metrics.collect", "schedule": _s.metrics_interval_s,
+                            "options": {"expires": max(1.0, 2 * _s.metrics_interval_s)}},
+    }
+
+
+celery_app = Celery("console")
+celery_app.config_from_object(CeleryConfig)
+
+import workers.health  # noqa: E402,F401  (registers the worker heartbeat bootstep)
+
+workers.health.install(celery_app)

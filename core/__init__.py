@@ -1,0 +1,1 @@
+"""Pure domain and compute: no dash, no celery imports here."""

@@ -1,0 +1,149 @@
+"""The one place that reads the environment.
+
+Ecosystem names are read as they are (REDIS_URL, DATABASE_URL, HOST, PORT); the console's
+own variables carry the prefix CONSOLE_. Every value is parsed and range-checked once, at
+import of `get_settings()`, and a bad value stops the process with a message naming the
+variable (fail fast, as Redash's settings helpers do). Nothing else in the code base reads
+os.environ for configuration, and no URL, port or secret literal lives anywhere else.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+PREFIX = "CONSOLE_"
+ROOT = Path(__file__).resolve().parent.parent
+
+# The spec's stage thresholds in milliseconds; a process may register more stages.
+DEFAULT_STAGE_THRESHOLDS_MS: dict[str, float] = {
+    "data_processing": 50.0,
+    "model_inference": 100.0,
+    "signal_generation": 20.0,
+    "order_execution": 50.0,
+    "database_query": 10.0,
+    "cache_access": 1.0,
+    "total_pipeline": 100.0,
+}
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing, malformed or out of range."""
+
+
+def _parse_int(raw: str) -> int:
+    return int(raw.strip(), 10)
+
+
+def _parse_float(raw: str) -> float:
+    value = float(raw.strip())
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+def _parse_bool(raw: str) -> bool:
+    text = raw.strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be one of 1/0, true/false, yes/no, on/off")
+
+
+def _read(env: Mapping[str, str], name: str, parse: Callable[[str], object], default,
+          lo=None, hi=None):
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = parse(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r}: {exc}") from None
+    if lo is not None and value < lo:
+        raise SettingsError(f"{name}={raw!r}: must be >= {lo}")
+    if hi is not None and value > hi:
+        raise SettingsError(f"{name}={raw!r}: must be <= {hi}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Start-up configuration. Defaults are documented in README.md (Configuration)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8050
+    redis_url: str = "redis://127.0.0.1:6390/0"
+    redis_external: bool = False          # True when REDIS_URL was given
+    redis_port: int = 6390                # the private server's port
+    database_url: str = ""
+    var_dir: Path = ROOT / "var"
+    log_level: str = "INFO"
+    # reference pipeline / simulator
+    symbols: int = 20
+    tick_rate: float = 1000.0             # ticks per second, all symbols together
+    sim_day_seconds: float = 60.0         # wall seconds per simulated trading day
+    backfill_days: int = 504              # about two years of daily bars
+    seed: int = 7
+    initial_cash: float = 1_000_000.0
+    # telemetry and collection
+    flush_interval_s: float = 1.0
+    flush_backlog: int = 120              # flush intervals kept while Redis is down
+    metrics_interval_s: float = 1.0
+    heartbeat_stale_s: float = 10.0
+    stage_thresholds_ms: dict = field(default_factory=lambda: dict(DEFAULT_STAGE_THRESHOLDS_MS))
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """Filesystem path when DATABASE_URL is SQLite, else None."""
+        prefix = "sqlite:///"
+        if self.database_url.startswith(prefix):
+            return Path(self.database_url[len(prefix):])
+        return None
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Parse `env` (default: os.environ). Raises SettingsError naming the bad variable."""
+    env = os.environ if env is None else env
+    p = PREFIX
+    var_dir = Path(env.get(p + "VAR_DIR") or (ROOT / "var")).resolve()
+    redis_port = _read(env, p + "REDIS_PORT", _parse_int, 6390, 1, 65535)
+    redis_url = (env.get("REDIS_URL") or "").strip()
+    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError(f"REDIS_URL={redis_url!r}: must start with redis://, rediss:// or unix://")
+    database_url = (env.get("DATABASE_URL") or "").strip() or f"sqlite:///{var_dir / 'console.db'}"
+    if not database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise SettingsError(f"DATABASE_URL={database_url!r}: must be sqlite:///PATH or postgresql://...")
+    log_level = (env.get(p + "LOG_LEVEL") or "INFO").strip().upper()
+    if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise SettingsError(f"{p}LOG_LEVEL={log_level!r}: must be DEBUG, INFO, WARNING or ERROR")
+    host = (env.get("HOST") or "127.0.0.1").strip()
+    return Settings(
+        host=host,
+        port=_read(env, "PORT", _parse_int, 8050, 1, 65535),
+        redis_url=redis_url or f"redis://127.0.0.1:{redis_port}/0",
+        redis_external=bool(redis_url),
+        redis_port=redis_port,
+        database_url=database_url,
+        var_dir=var_dir,
+        log_level=log_level,
+        symbols=_read(env, p + "SYMBOLS", _parse_int, 20, 1, 500),
+        tick_rate=_read(env, p + "TICK_RATE", _parse_float, 1000.0, 1.0, 200_000.0),
+        sim_day_seconds=_read(env, p + "SIM_DAY_SECONDS", _parse_float, 60.0, 1.0, 86_400.0),
+        backfill_days=_read(env, p + "BACKFILL_DAYS", _parse_int, 504, 30, 5000),
+        seed=_read(env, p + "SEED", _parse_int, 7, 0, 2**32 - 1),
+        initial_cash=_read(env, p + "INITIAL_CASH", _parse_float, 1_000_000.0, 1.0, 1e12),
+        flush_interval_s=_read(env, p + "FLUSH_INTERVAL", _parse_float, 1.0, 0.05, 60.0),
+        flush_backlog=_read(env, p + "FLUSH_BACKLOG", _parse_int, 120, 1, 100_000),
+        metrics_interval_s=_read(env, p + "METRICS_INTERVAL", _parse_float, 1.0, 0.2, 60.0),
+        heartbeat_stale_s=_read(env, p + "HEARTBEAT_STALE", _parse_float, 10.0, 1.0, 3600.0),
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, parsed once."""
+    return load_settings()

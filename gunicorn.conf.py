@@ -1,0 +1,13 @@
+"""gunicorn settings: bind from HOST/PORT via the settings module."""
+from core.settings import get_settings
+
+_s = get_settings()
+bind = f"{_s.host}:{_s.port}"
+workers = 2
+threads = 4
+worker_class = "gthread"
+timeout = 30
+graceful_timeout = 10
+control_socket_disable = True
+accesslog = None
+errorlog = "-"
