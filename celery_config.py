@@ -17,6 +17,7 @@ TASK_MODULES = [
 
 class CeleryConfig:
     _s = get_settings()
+    _s.var_dir.mkdir(parents=True, exist_ok=True)  # beat's schedule file lives there
     broker_url = _s.redis_url
     result_backend = _s.redis_url
     include = TASK_MODULES

@@ -11,3 +11,14 @@ graceful_timeout = 10
 control_socket_disable = True
 accesslog = None
 errorlog = "-"
+
+
+def post_fork(server, worker):
+    """Each web worker registers itself so the metrics collector can read its CPU and RSS."""
+    from core import procs, schema
+    procs.register_process(schema.connect(_s.redis_url), "web")
+
+
+def when_ready(server):
+    from core import procs, schema
+    procs.register_process(schema.connect(_s.redis_url), "web")

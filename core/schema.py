@@ -14,6 +14,7 @@ console:tele:stages                   hash     stage -> JSON {threshold_ms}
 console:metrics:s1 / :m1              zset     system metric samples JSON, 1 h at 1 s / 24 h at 1 min
 console:metrics:prev                  string   previous raw counters (for rates)
 console:alerts                        stream   alerts {severity, source, message, ts}, capped
+console:alerts:dedupe:<key>           string   repeat suppression marker, expires (SET NX EX)
 console:hb:<part>                     string   heartbeat unix time (pipeline, beat, worker:<host>)
 console:procs                         hash     "<host>:<pid>" -> JSON {role, pid, host, started}
 console:broker:account                hash     cash, realized_pnl, equity, ... (paper broker)
@@ -22,6 +23,8 @@ console:broker:orders / :fills        stream   recent orders / fills, capped
 console:pipeline:status               string   JSON status of the reference pipeline
 console:pipeline:daily                zset     daily P&L JSON, score = sim day index
 console:bus:stats                     hash     handler -> JSON live statistics
+console:trading:state                 string   ACTIVE / HALTED (order gate; absent = ACTIVE)
+console:pipeline:control              string   JSON {"tick_rate": float} read live by the runner
 """
 from __future__ import annotations
 
@@ -78,6 +81,11 @@ ALERTS = NS + "alerts"
 PROCS = NS + "procs"
 
 
+def alert_dedupe(key: str) -> str:
+    """SET NX EX marker that suppresses repeats of one alert within its dedupe window."""
+    return f"{NS}alerts:dedupe:{key}"
+
+
 def heartbeat(part: str) -> str:
     return f"{NS}hb:{part}"
 
@@ -90,6 +98,10 @@ BROKER_FILLS = NS + "broker:fills"
 PIPELINE_STATUS = NS + "pipeline:status"
 PIPELINE_DAILY = NS + "pipeline:daily"
 BUS_STATS = NS + "bus:stats"
+# "ACTIVE" / "HALTED": the order path's gate (risk and emergency stop write it; absent = ACTIVE)
+TRADING_STATE = NS + "trading:state"
+# JSON {"tick_rate": float}: lets a benchmark or the Settings page change the rate live
+PIPELINE_CONTROL = NS + "pipeline:control"
 
 
 # ---- serialization -------------------------------------------------------------------
@@ -123,3 +135,14 @@ def add_to_series(pipe, key: str, score: float, member: str | bytes, retention_s
 def read_series(client: redis.Redis, key: str, since: float) -> list[Any]:
     """JSON members of a time-scored zset with score >= since, oldest first."""
     return [loads(m) for m in client.zrangebyscore(key, since, "+inf")]
+
+
+def read_json_hash(client: redis.Redis, key: str) -> dict[str, Any]:
+    """A hash whose values are JSON documents, decoded; undecodable fields are skipped."""
+    out: dict[str, Any] = {}
+    for field_name, raw in client.hgetall(key).items():
+        try:
+            out[field_name.decode() if isinstance(field_name, bytes) else field_name] = loads(raw)
+        except ValueError:
+            continue
+    return out

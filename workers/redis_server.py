@@ -19,7 +19,21 @@ def main() -> None:
     args = redis_server.server_args(settings.redis_port, settings.var_dir / "redis")
     print(f"starting private Redis on 127.0.0.1:{settings.redis_port} (data in {settings.var_dir / 'redis'})",
           flush=True)
+    _register_after_start()
     os.execv(args[0], args)
+
+
+def _register_after_start() -> None:
+    """Register this pid (exec keeps it) as the console's Redis once the server answers.
+    A forked child does it because exec replaces this process (a thread would die with it)."""
+    if os.fork() == 0:
+        try:
+            from core import procs, schema
+            settings = get_settings()
+            redis_server.wait_ready(settings.redis_url, timeout_s=30.0)
+            procs.register_process(schema.connect(settings.redis_url), "redis", pid=os.getppid())
+        finally:
+            os._exit(0)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,117 @@
+"""Overview: KPI cards against the spec's targets, system charts, recent alerts."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import dash
+import dash_bootstrap_components as dbc
+from dash import Input, Output, callback, dcc, html
+
+from app import data
+from app.components import charts
+from app.components.kpi import against, kpi_card, severity_color, status_class
+from core import alerts, health, metrics
+from core.settings import get_settings
+from core.telemetry import query
+
+dash.register_page(__name__, path="/", name="Overview", order=0)
+
+PIPELINE_TARGET_US = 100_000.0     # the spec's total_pipeline target (100 ms)
+CPU_LIMIT_PCT = 80.0
+MEMORY_BUDGET_BYTES = 2 * 1024**3  # the spec's 2 GB
+KPIS = [("overview-kpi-p99", "Pipeline p99"), ("overview-kpi-throughput", "Throughput"),
+        ("overview-kpi-cpu", "CPU"), ("overview-kpi-memory", "Console memory"),
+        ("overview-kpi-worker", "Celery worker"), ("overview-kpi-redis", "Redis")]
+WINDOWS = {"5 min": 300, "15 min": 900, "60 min": 3600}
+
+
+def layout(**_kwargs):
+    return html.Div([
+        dbc.Row([kpi_card(card_id, title) for card_id, title in KPIS]),
+        dbc.Row([dbc.Col(dbc.RadioItems(id="overview-window", options=list(WINDOWS), value="15 min",
+                                        inline=True), width="auto")], className="mb-2"),
+        dbc.Row([dbc.Col(dcc.Graph(id=f"overview-{name}-graph", config={"displaylogo": False}), lg=6)
+                 for name in ("cpu", "memory")]),
+        dbc.Row([dbc.Col(dcc.Graph(id=f"overview-{name}-graph", config={"displaylogo": False}), lg=6)
+                 for name in ("disk", "network")]),
+        html.H5("Recent alerts", className="mt-3"),
+        html.Div(id="overview-alerts"),
+    ])
+
+
+KPI_OUTPUTS = [Output(f"{card_id}-{part}", prop) for card_id, _ in KPIS
+               for part, prop in (("value", "children"), ("target", "children"), ("card", "className"))]
+
+
+def _kpi_fallback(_n):
+    return ["–", "Redis unreachable", status_class("unknown")] * len(KPIS)
+
+
+def _health_kpi(part: dict) -> list:
+    age = part.get("age_s")
+    detail = part.get("detail", "") if age is None else f"heartbeat {age:.1f}s ago"
+    status = {"ok": "ok", "fail": "fail"}.get(part["status"], "unknown")
+    return [part["status"].upper(), detail, status_class(status)]
+
+
+@callback(*KPI_OUTPUTS, Input("shell-interval", "n_intervals"))
+@data.guarded(_kpi_fallback)
+def update_kpis(_n):
+    client = data.client()
+    stats = query.get_latency_statistics(client, window_s=60).get("total_pipeline", {})
+    sample = metrics.latest_metrics(client) or {}
+    status = health.health_status(client, get_settings())
+    p99, ops = stats.get("p99_us"), stats.get("ops_s")
+    target_ops = 0.9 * get_settings().tick_rate
+    cpu, rss = sample.get("cpu_pct"), sample.get("console_rss_bytes")
+    out = [charts.fmt_us(p99), f"target < {charts.fmt_us(PIPELINE_TARGET_US)} (last 60 s)",
+           status_class(against(p99, PIPELINE_TARGET_US)),
+           charts.fmt_rate(ops, "ticks/s"), f"target ≥ {charts.fmt_rate(target_ops, 'ticks/s')}",
+           status_class("unknown" if ops is None else ("ok" if ops >= target_ops else "warn")),
+           "–" if cpu is None else f"{cpu:.0f} %", f"warning above {CPU_LIMIT_PCT:.0f} %",
+           status_class(against(cpu, CPU_LIMIT_PCT, 0.9)),
+           charts.fmt_bytes(rss), f"budget {charts.fmt_bytes(MEMORY_BUDGET_BYTES)} (all console processes)",
+           status_class(against(rss, MEMORY_BUDGET_BYTES))]
+    out += _health_kpi(status["parts"]["worker"]) + _health_kpi(status["parts"]["redis"])
+    return out
+
+
+def _charts_fallback(_n, _window):
+    return [charts.empty_figure("Redis unreachable")] * 4
+
+
+@callback(Output("overview-cpu-graph", "figure"), Output("overview-memory-graph", "figure"),
+          Output("overview-disk-graph", "figure"), Output("overview-network-graph", "figure"),
+          Input("shell-interval", "n_intervals"), Input("overview-window", "value"))
+@data.guarded(_charts_fallback)
+def update_system_charts(_n, window):
+    rows = metrics.metrics_series(data.client(), WINDOWS.get(window, 900))
+    mib = 1 / 1024**2
+    return (
+        charts.time_series(rows, [("cpu_pct", "machine"), ("console_cpu_pct", "console")],
+                           "CPU", "%", threshold=CPU_LIMIT_PCT, threshold_label="80% warning"),
+        charts.time_series(rows, [("mem_pct", "machine")], "Memory", "%", threshold=80.0,
+                           threshold_label="80% warning"),
+        charts.time_series(rows, [("disk_read_bps", "read"), ("disk_write_bps", "write")],
+                           "Disk I/O", "MiB/s", scale=mib),
+        charts.time_series(rows, [("net_recv_bps", "received"), ("net_sent_bps", "sent")],
+                           "Network", "MiB/s", scale=mib),
+    )
+
+
+def _alerts_fallback(_n):
+    return dbc.Alert("Alerts unavailable: Redis unreachable.", color="secondary")
+
+
+@callback(Output("overview-alerts", "children"), Input("shell-interval", "n_intervals"))
+@data.guarded(_alerts_fallback)
+def update_alerts(_n):
+    recent = alerts.recent_alerts(data.client(), limit=10)
+    if not recent:
+        return html.P("No alerts.", className="text-body-secondary")
+    rows = [html.Tr([html.Td(datetime.fromtimestamp(a["ts"], timezone.utc).strftime("%H:%M:%S")),
+                     html.Td(dbc.Badge(a["severity"], color=severity_color(a["severity"]))),
+                     html.Td(a["source"]), html.Td(a["message"])]) for a in recent]
+    return dbc.Table([html.Thead(html.Tr([html.Th("UTC"), html.Th("Severity"), html.Th("Source"),
+                                          html.Th("Message")])), html.Tbody(rows)],
+                     size="sm", striped=True, hover=True, id="overview-alerts-table")

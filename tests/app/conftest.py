@@ -1,0 +1,73 @@
+"""The whole console for browser tests: worker, beat, pipeline, gunicorn; and headless Chromium."""
+from __future__ import annotations
+
+import sys
+import urllib.request
+
+import pytest
+
+from core import schema
+from tests.conftest import _spawn, free_port, stop_process, wait_for
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pipeline_process(redis_url):
+    proc = _spawn([sys.executable, "-m", "workers.pipeline_runner"], "pipeline")
+    client = schema.connect(redis_url)
+    wait_for(lambda: client.get(schema.heartbeat("pipeline")), 90, what="pipeline heartbeat")
+    yield proc
+    stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def web_url(redis_url):
+    port = free_port()
+    proc = _spawn([sys.executable, "-m", "gunicorn", "wsgi:server", "--config", "gunicorn.conf.py",
+                   "--bind", f"127.0.0.1:{port}", "--workers", "2"], "web")
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: _http_ok(url + "/_dash-layout"), 60, what="gunicorn serving the app")
+    yield url
+    stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def console(redis_url, celery_worker_process, celery_beat_process, pipeline_process, web_url):
+    """Everything `make run` starts, against the test Redis."""
+    return web_url
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    errors: list[str] = []
+    requests: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 500 else None)
+    pg.on("request", lambda r: requests.append(r.url))
+    pg.console_errors = errors
+    pg.requested_urls = requests
+    yield pg
+    context.close()

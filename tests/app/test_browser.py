@@ -1,0 +1,104 @@
+"""Real headless Chromium against the whole running console (worker, beat, pipeline, gunicorn)."""
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime, timezone
+
+import pytest
+
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.timeout(240)
+
+LAST_X = """(sel) => {
+  const g = document.querySelector(sel + ' .js-plotly-plot');
+  if (!g || !g.data) return null;
+  const xs = g.data.filter(t => t.x && t.x.length).map(t => t.x[t.x.length - 1]);
+  return xs.length ? xs.sort().pop() : null;
+}"""
+
+
+def _as_utc(x: str) -> datetime:
+    return datetime.fromisoformat(str(x).replace(" ", "T")).replace(tzinfo=timezone.utc)
+
+
+def test_latency_page_charts_show_points_from_last_10s_that_advance(console, page):
+    page.goto(console + "/latency")
+    first = wait_for(lambda: page.evaluate(LAST_X, "#latency-stage-graph"), 60, 0.5,
+                     "a latency point on the chart")
+    age = (datetime.now(timezone.utc) - _as_utc(first)).total_seconds()
+    assert age < 10, f"latest point is {age:.1f}s old"
+    second = wait_for(lambda: (x := page.evaluate(LAST_X, "#latency-stage-graph")) and
+                      _as_utc(x) > _as_utc(first) and x, 20, 0.5, "the chart to advance")
+    assert _as_utc(second) > _as_utc(first)
+    for graph in ("#latency-p99-graph", "#latency-throughput-graph", "#latency-cdf-graph"):
+        assert page.evaluate("(s) => !!document.querySelector(s + ' .js-plotly-plot')", graph)
+    table = page.inner_text("#latency-table")
+    for stage in ("data_processing", "model_inference", "signal_generation", "order_execution",
+                  "total_pipeline"):
+        assert stage in table
+    assert "ok" in table or "over" in table
+    assert not page.console_errors, page.console_errors
+
+
+def test_overview_shows_live_kpis_and_only_local_assets(console, page):
+    page.goto(console + "/")
+    wait_for(lambda: "µs" in page.inner_text("#overview-kpi-p99-value")
+             or "ms" in page.inner_text("#overview-kpi-p99-value"), 60, 0.5, "pipeline p99 KPI")
+    wait_for(lambda: "%" in page.inner_text("#overview-kpi-cpu-value"), 30, 0.5, "CPU KPI")
+    assert page.inner_text("#overview-kpi-redis-value") == "OK"
+    nav = page.inner_text("nav")
+    assert "Overview" in nav and "Latency" in nav
+    # Offline: every request stays on the console's own origin, and Bootstrap's dark theme is local.
+    foreign = [u for u in page.requested_urls if not u.startswith(console) and not u.startswith("data:")]
+    assert not foreign, foreign
+    assert page.evaluate("document.documentElement.getAttribute('data-bs-theme')") == "dark"
+    assert page.evaluate("[...document.styleSheets].some(s => (s.href||'').includes('bootstrap.min.css'))")
+    assert not page.console_errors, page.console_errors
+
+
+def test_healthz_reports_every_part_ok_when_console_runs(console):
+    def fetch():
+        try:
+            with urllib.request.urlopen(console + "/healthz", timeout=3) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+    status, body = wait_for(lambda: (r := fetch())[0] == 200 and r, 30, 0.5, "healthz 200")
+    assert body["status"] == "ok"
+    assert set(body["parts"]) >= {"redis", "worker", "beat", "pipeline"}
+    assert body["parts"]["pipeline"]["age_s"] < 10
+
+
+@pytest.fixture
+def web_without_redis():
+    """The web app alone, pointed at a port where no Redis listens."""
+    import sys
+    from tests.app.conftest import _http_ok
+    from tests.conftest import _spawn, free_port, stop_process
+    port, dead = free_port(), free_port()
+    proc = _spawn([sys.executable, "-m", "gunicorn", "wsgi:server", "--config", "gunicorn.conf.py",
+                   "--bind", f"127.0.0.1:{port}", "--workers", "1"], "web-noredis",
+                  env={"REDIS_URL": f"redis://127.0.0.1:{dead}/0"})
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: _http_ok(url + "/_dash-layout"), 60, what="gunicorn without redis")
+    yield url
+    stop_process(proc)
+
+
+def test_redis_unreachable_shows_banner_not_callback_errors(web_without_redis, page):
+    for path in ("/", "/latency"):
+        page.goto(web_without_redis + path)
+        page.wait_for_selector("#shell-redis-banner", state="visible", timeout=20000)
+        assert "Redis unreachable" in page.inner_text("#shell-redis-banner")
+        time.sleep(2.5)  # at least one more refresh cycle
+    assert not page.console_errors, page.console_errors
+    try:
+        urllib.request.urlopen(web_without_redis + "/healthz", timeout=5)
+        raise AssertionError("healthz answered 200 with Redis down")
+    except urllib.error.HTTPError as err:
+        body = json.loads(err.read())
+        assert err.code == 503 and body["parts"]["redis"]["status"] == "fail"

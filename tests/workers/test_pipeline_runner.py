@@ -1,0 +1,99 @@
+"""The runner as a real subprocess against the test Redis: heartbeat, status, positions,
+history, live rate control, fail-closed on HALTED, clean SIGTERM, state restored on restart."""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from core import schema
+from tests.conftest import ROOT, stop_process, wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def start_runner(tmp_path, redis_url, **env):
+    log = open(tmp_path / "runner.log", "ab")
+    full_env = {**os.environ, "REDIS_URL": redis_url, "CONSOLE_VAR_DIR": str(tmp_path / "var"),
+                "CONSOLE_SIM_DAY_SECONDS": "1", "CONSOLE_BACKFILL_DAYS": "40",
+                "PYTHONPATH": str(ROOT), **env}
+    return subprocess.Popen([sys.executable, "-m", "workers.pipeline_runner"], cwd=ROOT,
+                            env=full_env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def status(client):
+    return schema.loads(client.get(schema.PIPELINE_STATUS))
+
+
+def sigterm_and_wait(proc) -> float:
+    started = time.monotonic()
+    os.killpg(proc.pid, signal.SIGTERM)
+    rc = proc.wait(timeout=10)
+    assert rc == 0
+    return time.monotonic() - started
+
+
+def test_runner_trades_reports_persists_and_stops_cleanly_on_sigterm(redis_client, redis_url, tmp_path):
+    proc = start_runner(tmp_path, redis_url)
+    try:
+        wait_for(lambda: redis_client.get(schema.heartbeat("pipeline")), 30, what="heartbeat")
+        hb = float(redis_client.get(schema.heartbeat("pipeline")))
+        assert abs(hb - time.time()) < 5 and redis_client.ttl(schema.heartbeat("pipeline")) > 0
+        wait_for(lambda: (status(redis_client) or {}).get("orders_total", 0) > 0, 20, what="orders")
+        st = status(redis_client)
+        assert st["running"] and st["ticks_total"] > 0 and st["trading_state"] == "ACTIVE"
+        assert st["equity"] == pytest.approx(st["cash"] + sum(
+            p["qty"] * p["last_price"] for p in map(schema.loads, redis_client.hvals(schema.BROKER_POSITIONS))
+        ), rel=1e-3)
+        wait_for(lambda: redis_client.zcard(schema.PIPELINE_DAILY) >= 1, 10, what="a closed sim day")
+        assert redis_client.xlen(schema.BROKER_FILLS) > 0
+        stats = {k.decode(): schema.loads(v) for k, v in redis_client.hgetall(schema.BUS_STATS).items()}
+        assert stats["pipeline"]["events_total"] > 0 and stats["pipeline"]["errors"] == 0
+
+        redis_client.set(schema.PIPELINE_CONTROL, schema.dumps({"tick_rate": 2000}))
+        wait_for(lambda: status(redis_client)["tick_rate"] == 2000, 5, what="rate change")
+        assert sigterm_and_wait(proc) < 5
+    finally:
+        stop_process(proc)
+    final = status(redis_client)
+    assert final["running"] is False
+    account = redis_client.hgetall(schema.BROKER_ACCOUNT)
+    assert int(account[b"orders_total"]) == final["orders_total"]
+    db = sqlite3.connect(tmp_path / "var" / "console.db")
+    days = db.execute("SELECT COUNT(DISTINCT day), MAX(day) FROM daily_bars").fetchone()
+    assert days[0] >= 41 and days[1] >= 40                    # 40 backfilled + live days
+    assert db.execute("SELECT COUNT(*) FROM daily_trades").fetchone()[0] >= 1
+
+    # a restart continues from the persisted account instead of starting over
+    proc = start_runner(tmp_path, redis_url)
+    try:
+        wait_for(lambda: (status(redis_client) or {}).get("ts", 0) > final["ts"] + 0.5, 30,
+                 what="status from the restarted runner")
+        assert status(redis_client)["orders_total"] >= final["orders_total"]
+        assert "broker state restored from Redis" in (tmp_path / "runner.log").read_text()
+    finally:
+        sigterm_and_wait(proc)
+
+
+def test_runner_places_no_orders_while_trading_is_halted(redis_client, redis_url, tmp_path):
+    redis_client.set(schema.TRADING_STATE, "HALTED")
+    proc = start_runner(tmp_path, redis_url)
+    try:
+        wait_for(lambda: (status(redis_client) or {}).get("ticks_total", 0) > 2000, 30, what="ticks")
+        st = status(redis_client)
+        assert st["trading_state"] == "HALTED" and st["orders_total"] == 0
+        assert redis_client.xlen(schema.BROKER_ORDERS) == 0
+    finally:
+        sigterm_and_wait(proc)
+
+
+def test_runner_refuses_postgres_with_a_clear_message(tmp_path, redis_url):
+    proc = start_runner(tmp_path, redis_url, DATABASE_URL="postgresql://u@127.0.0.1/console")
+    assert proc.wait(timeout=30) == 2
+    assert "PostgreSQL: not supported yet" in (tmp_path / "runner.log").read_text()

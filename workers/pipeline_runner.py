@@ -1,0 +1,205 @@
+"""The reference trading pipeline as a long-running process: `python -m workers.pipeline_runner`.
+
+Threads: `feed` (ticks at their scheduled times; the whole tick -> order path runs inline on
+it), the telemetry flusher, and the main thread's asyncio loop for the edges: every 250 ms the
+broker is persisted and the trading state refreshed; every second the heartbeat, the status
+JSON and the bus statistics are written and the control key is read. Redis calls go through
+`asyncio.to_thread` so a dead Redis (1 s connect timeout) never stalls the loop, and nothing on
+the feed thread ever talks to Redis: with Redis down the pipeline keeps ticking, orders stop
+(the trading gate fails closed), and the backlogs stay bounded (broker deques, flusher backlog).
+
+Start-up tuning, measured (see bench/pipeline.py output): `gc.freeze()` after start-up moves
+the model, history and module objects out of the collector's reach so gen-2 passes stay short;
+`sys.setswitchinterval(SWITCH_INTERVAL_S)` bounds how long the feed thread waits for the GIL
+when it wakes while the loop or flusher thread runs Python code (default 5 ms).
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import gc
+import logging
+import signal
+import sys
+import time
+
+import redis
+
+from core import history, schema
+from core.broker import PaperBroker, TradingGate
+from core.events import DayClose, EventBus, Tick
+from core.market import INDEX_SYMBOL, FactorModel, MarketSimulator
+from core.pipeline import Feed, Pipeline, fit_model
+from core.settings import Settings, get_settings
+
+log = logging.getLogger("pipeline")
+
+PERSIST_EVERY_S = 0.25
+STATUS_EVERY_S = 1.0
+SWITCH_INTERVAL_S = 0.0001
+GC_GEN0_THRESHOLD = 50_000        # fewer young collections; ticks allocate short-lived objects
+SHUTDOWN_BUDGET_S = 4.0
+
+
+class Runner:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.model = FactorModel.from_seed(settings.symbols, settings.seed)
+        self.db = history.connect(settings.database_url)
+        added = history.backfill(self.db, self.model, settings.backfill_days, settings.seed)
+        if added:
+            log.info("history: backfilled %d rows into %s", added, settings.database_url)
+        last_day, last_date = history.last_day(self.db)
+        closes = history.last_closes(self.db)
+        prices = [closes.get(s) or p for s, p in zip(self.model.symbols, self.model.start_price)]
+        self.sim = MarketSimulator(self.model, settings.seed + last_day, start_prices=prices,
+                                   start_index=closes.get(INDEX_SYMBOL))
+        self.gate = TradingGate(max_age_s=2.0)
+        self.broker = PaperBroker(self.model.symbols, settings.initial_cash, gate=self.gate)
+        self.bus = EventBus()
+        self.bus.subscribe(DayClose, self._store_day, name="history_writer", mode="async")
+        weights = fit_model(self.model, settings.seed)
+        log.info("model fitted: weights %s", [f"{w:.3g}" for w in weights])
+        self.pipeline = Pipeline(self.model, self.broker, self.bus, weights,
+                                 first_day=last_day + 1,
+                                 first_date=history.next_business_day(last_date))
+        self.bus.subscribe(Tick, self.pipeline.on_tick, name="pipeline", mode="sync")
+        self.feed = Feed(self.sim, self.bus, settings.tick_rate, settings.sim_day_seconds,
+                         on_day_end=self.pipeline.close_day)
+        self.client = schema.connect(settings.redis_url)
+        self.redis_ok: bool | None = None
+        self.loaded = False
+        self.stopping = asyncio.Event()
+
+    # ---- edges (asyncio) -----------------------------------------------------------------
+    def _store_day(self, ev: DayClose) -> None:
+        history.append_day(self.db, ev.day, dt.date.fromisoformat(ev.date), ev.bars, ev.trades)
+        log.info("sim day %d (%s) closed: P&L %.2f, equity %.2f, %d orders", ev.day, ev.date,
+                 ev.daily_pnl, ev.equity, ev.trades.get("orders", 0))
+
+    def _redis(self, ok: bool, exc: Exception | None = None) -> None:
+        """Log Redis state changes once, not once per failed call."""
+        if ok and self.redis_ok is False:
+            log.warning("Redis reachable again: persisting the backlog (%d orders/fills)",
+                        self.broker.pending())
+        elif not ok and self.redis_ok is not False:
+            log.error("Redis unreachable (%s): pipeline keeps running, orders blocked, "
+                      "persistence backlog bounded", exc)
+        self.redis_ok = ok
+
+    def _io_once(self) -> None:
+        """Load state once, refresh the trading gate, persist the broker. Runs in a thread."""
+        try:
+            if not self.loaded:
+                if self.broker.load(self.client):
+                    log.info("broker state restored from Redis: %s", self.broker.account())
+                self.client.set(schema.TRADING_STATE, "ACTIVE", nx=True)
+                self.loaded = True
+            if self.gate.refresh(self.client) != "UNKNOWN":
+                self.broker.persist(self.client)
+            self._redis(self.gate.state != "UNKNOWN")
+        except redis.RedisError as exc:
+            self._redis(False, exc)
+
+    def _status(self) -> dict:
+        acc = self.broker.account()
+        return {"ts": time.time(), "running": not self.stopping.is_set(),
+                "tick_rate": self.feed.tick_rate, "ticks_total": self.feed.ticks_total,
+                "orders_total": acc["orders_total"], "fills_total": acc["fills_total"],
+                "late_ticks": self.pipeline.late_ticks, "skipped_ticks": self.feed.skipped_ticks,
+                "sim_day": self.pipeline.sim_day, "sim_date": self.pipeline.sim_date.isoformat(),
+                "sim_time": self.feed.sim_time, "equity": acc["equity"], "cash": acc["cash"],
+                "realized_pnl": acc["realized_pnl"], "unrealized_pnl": acc["unrealized_pnl"],
+                "daily_pnl": acc["daily_pnl"], "trading_state": self.gate.state,
+                "redis_backlog": self.broker.pending(), "dropped": acc["dropped"]}
+
+    def _status_once(self) -> None:
+        try:
+            self._read_control()
+            pipe = self.client.pipeline(transaction=False)
+            pipe.set(schema.heartbeat("pipeline"), f"{time.time():.3f}",
+                     ex=int(self.settings.heartbeat_stale_s * 6))
+            pipe.set(schema.PIPELINE_STATUS, schema.dumps(self._status()))
+            pipe.execute()
+            self.bus.publish_stats(self.client)
+        except redis.RedisError as exc:
+            self._redis(False, exc)
+
+    def _read_control(self) -> None:
+        raw = self.client.get(schema.PIPELINE_CONTROL)
+        if raw is None:
+            return
+        try:
+            rate = float(schema.loads(raw)["tick_rate"])
+            if rate != self.feed.tick_rate:
+                self.feed.set_rate(rate)
+                log.info("tick rate set to %.0f ticks/s by %s", rate, schema.PIPELINE_CONTROL)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("ignored bad %s value %r: %s", schema.PIPELINE_CONTROL, raw[:200], exc)
+
+    async def _every(self, period_s: float, fn) -> None:
+        while not self.stopping.is_set():
+            await asyncio.to_thread(fn)
+            try:
+                await asyncio.wait_for(self.stopping.wait(), period_s)
+            except asyncio.TimeoutError:
+                pass
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        from core.telemetry import start_flusher
+        flusher = start_flusher("pipeline", self.settings.redis_url)
+        await self.bus.start()
+        await asyncio.to_thread(self._io_once)
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        self.feed.start()
+        log.info("pipeline running: %d symbols, %.0f ticks/s, 1 sim day = %.0f s, redis %s",
+                 self.model.n, self.feed.tick_rate, self.settings.sim_day_seconds,
+                 self.settings.redis_url)
+        tasks = [loop.create_task(self._every(PERSIST_EVERY_S, self._io_once)),
+                 loop.create_task(self._every(STATUS_EVERY_S, self._status_once))]
+        await self.stopping.wait()
+        started = time.monotonic()
+        log.info("stopping: flushing state")
+        self.feed.stop(timeout_s=1.0)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.bus.drain(timeout_s=1.0)
+        await self.bus.stop()
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._final_flush, flusher), SHUTDOWN_BUDGET_S - 1)
+        except asyncio.TimeoutError:
+            log.error("final flush did not finish within %.0f s", SHUTDOWN_BUDGET_S - 1)
+        log.info("stopped cleanly in %.2f s", time.monotonic() - started)
+        return 0
+
+    def _final_flush(self, flusher) -> None:
+        if self.redis_ok is False:   # each call would wait out its connect timeout: skip them
+            log.error("Redis unreachable at shutdown: %d orders/fills not persisted",
+                      self.broker.pending())
+        else:
+            self._io_once()
+            self._status_once()
+        flusher.stop(timeout=1.0)
+        self.db.close()
+
+
+def main() -> int:
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        runner = Runner(settings)
+    except NotImplementedError as exc:
+        log.error("%s", exc)
+        return 2
+    return asyncio.run(runner.run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
