@@ -13,12 +13,13 @@ accesslog = None
 errorlog = "-"
 
 
+
 def post_fork(server, worker):
-    """Each web worker registers itself so the metrics collector can read its CPU and RSS."""
-    from core import procs, schema
-    procs.register_process(schema.connect(_s.redis_url), "web")
+    """Each web worker keeps itself registered so the metrics collector reads its CPU and RSS."""
+    from core import procs
+    procs.keep_registered(_s.redis_url, "web")
 
 
 def when_ready(server):
-    from core import procs, schema
-    procs.register_process(schema.connect(_s.redis_url), "web")
+    from core import procs
+    procs.keep_registered(_s.redis_url, "web")

@@ -83,8 +83,7 @@ def _toasts_fallback(_n, last_id):
 @data.guarded(_toasts_fallback)
 def update_toasts(_n, last_id):
     if last_id is None:  # first tick of this browser tab: start after the newest alert
-        newest = alerts.recent_alerts(data.client(), limit=1)
-        return no_update, newest[0]["id"] if newest else "0-0"
+        return no_update, alerts.last_alert_id(data.client())
     fresh = alerts.alerts_after(data.client(), last_id, limit=5)
     if not fresh:
         return no_update, no_update

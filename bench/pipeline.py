@@ -74,8 +74,15 @@ class Console:
             self._spawn("web", [py, "-m", "gunicorn", "wsgi:server", "--config", "gunicorn.conf.py"])
         self._spawn("pipeline", [py, "-m", "workers.pipeline_runner"])
         self.client = schema.connect(self.url)
-        _wait(lambda: self.client.get(schema.heartbeat("pipeline")), 60, "the pipeline heartbeat")
-        _wait(lambda: self.client.get(schema.TELE_ROLLUP_LAST), 60, "the first telemetry rollup")
+        try:
+            _wait(lambda: self.client.get(schema.heartbeat("pipeline")), 60, "the pipeline heartbeat")
+            _wait(lambda: self.client.get(schema.TELE_ROLLUP_LAST), 60, "the first telemetry rollup")
+        except RuntimeError:
+            for name, _ in self.procs:   # say why before the logs go with the temp dir
+                tail = (self.tmp / f"{name}.log").read_text(errors="replace")[-1500:]
+                print(f"--- {name}.log (tail)\n{tail}", file=sys.stderr)
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def _spawn(self, name: str, args: list[str]) -> None:

@@ -40,6 +40,7 @@ class TradingGate:
         self._active = False
         self._checked = float("-inf")
         self.state = "UNKNOWN"
+        self.last_error = ""
 
     def allowed(self) -> bool:
         return self._active and self._clock() - self._checked <= self.max_age_s
@@ -49,8 +50,9 @@ class TradingGate:
         try:
             raw = client.get(schema.TRADING_STATE)
         except Exception as exc:  # any client failure means "unknown": fail closed
-            self._active, self.state = False, "UNKNOWN"
-            log.warning("trading state unreadable (%s): orders blocked", exc)
+            if self.state != "UNKNOWN":           # log the transition, not every retry
+                log.warning("trading state unreadable (%s): orders blocked", exc)
+            self._active, self.state, self.last_error = False, "UNKNOWN", str(exc)
             return self.state
         value = "ACTIVE" if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
         self.state = value if value in ("ACTIVE", "HALTED") else "HALTED"

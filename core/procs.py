@@ -84,3 +84,25 @@ def console_processes(client: redis.Redis, host: str | None = None) -> list[dict
         client.hdel(schema.PROCS, *dead)
         log.info("pruned %d dead process entries: %s", len(dead), ", ".join(dead))
     return sorted(live, key=lambda e: (e["role"], e["pid"]))
+
+
+def keep_registered(redis_url: str, role: str, pid: int | None = None,
+                    every_s: float = 5.0, blocking: bool = False):
+    """Register now and again every `every_s` seconds, so a flushed or restarted Redis
+    relearns the process. Runs in a daemon thread (dies with its process) unless blocking,
+    in which case it loops until `pid` is gone (used by a helper watching another process)."""
+    import threading
+    import time
+
+    def loop() -> None:
+        client = schema.connect(redis_url)
+        while pid is None or psutil.pid_exists(pid):
+            register_process(client, role, pid)
+            time.sleep(every_s)
+
+    if blocking:
+        loop()
+        return None
+    thread = threading.Thread(target=loop, name=f"console-registry-{role}", daemon=True)
+    thread.start()
+    return thread

@@ -10,8 +10,6 @@ on a timer.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 import uuid
 
 import redis
@@ -21,7 +19,7 @@ from celery.signals import beat_init, worker_process_init, worker_ready
 from celery_config import celery_app
 from core import schema
 from core.metrics import collect_sample
-from core.procs import register_process
+from core.procs import keep_registered, register_process
 from core.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -87,12 +85,5 @@ def _register_worker_main(sender=None, **_kwargs) -> None:
 
 @beat_init.connect
 def _register_beat(**_kwargs) -> None:
-    _register("beat")
-
-    def reassert() -> None:
-        # beat's scheduler loop offers no timer of its own; a daemon thread dies with beat
-        while True:
-            time.sleep(REREGISTER_EVERY_S)
-            _register("beat")
-
-    threading.Thread(target=reassert, name="console-beat-registry", daemon=True).start()
+    # beat's scheduler loop offers no timer of its own; a daemon thread dies with beat
+    keep_registered(get_settings().redis_url, "beat", every_s=REREGISTER_EVERY_S)

@@ -28,10 +28,10 @@ def _register_after_start() -> None:
     A forked child does it because exec replaces this process (a thread would die with it)."""
     if os.fork() == 0:
         try:
-            from core import procs, schema
+            from core import procs
             settings = get_settings()
             redis_server.wait_ready(settings.redis_url, timeout_s=30.0)
-            procs.register_process(schema.connect(settings.redis_url), "redis", pid=os.getppid())
+            procs.keep_registered(settings.redis_url, "redis", pid=os.getppid(), blocking=True)
         finally:
             os._exit(0)
 

@@ -1,7 +1,7 @@
 """Background flusher: ships this process's histograms to Redis once per interval.
 
 Every interval (aligned to wall-clock boundaries, so one-second intervals are the seconds of
-the clock) the flusher swaps the recorder's buffers and queues ONE stream entry holding every
+the clock) the flusher collects the recorder's histograms and queues ONE stream entry holding every
 stage's histogram blob: {proc, role, sec, h:<stage>: blob}. Shipping is one pipelined round
 trip: XADD (trimmed by MINID ~) plus, only when the stage registry changed, one HSET of
 TELE_STAGES. Redis load therefore depends on the number of processes, never on the sample rate.
@@ -19,6 +19,9 @@ import os
 import socket
 import threading
 import time
+
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from core import schema
 from core.settings import get_settings
@@ -46,7 +49,9 @@ class Flusher:
             raise ValueError(f"flush interval must be a positive number of seconds, got {interval_s!r}")
         self.recorder = recorder or RECORDER
         self.proc = proc_id(role)
-        self._client = schema.connect(redis_url or settings.redis_url)
+        # no client-side retries: the flusher has its own backoff and must not block for long
+        self._client = schema.connect(redis_url or settings.redis_url,
+                                      retry=Retry(NoBackoff(), 0))
         self._backlog: collections.deque = collections.deque()
         self._max_backlog = int(backlog or settings.flush_backlog)
         self._shipped_version = -1
@@ -84,7 +89,9 @@ class Flusher:
             boundary = (math.floor(time.time() / self.interval_s) + 1) * self.interval_s
             if self._stop.wait(max(0.0, boundary - time.time())):
                 return
-            # the interval that just ended started at boundary - interval
+            # Label the entry with the second the interval started in. With intervals longer
+            # than 1 s (or a flusher that fell behind) several seconds' samples share one
+            # label; per-second ops/s is exact only at the default 1 s interval.
             second = int(math.floor(boundary - self.interval_s + 1e-6))
             try:
                 self.flush_once(second)
@@ -94,10 +101,10 @@ class Flusher:
 
     # ---- one interval ----------------------------------------------------------------
     def flush_once(self, second: int | None = None) -> None:
-        """Swap the recorder's histograms into the backlog and try to ship the backlog."""
+        """Collect the recorder's histograms into the backlog and try to ship the backlog."""
         with self._lock:
             second = int(time.time()) if second is None else second
-            histograms = self.recorder.swap()
+            histograms = self.recorder.collect()
             if histograms:
                 self._enqueue(second, histograms)
             if self._needs_shipping() and time.monotonic() >= self._retry_at:

@@ -94,11 +94,6 @@ class Histogram:
 
     # ---- building -----------------------------------------------------------------
     @classmethod
-    def from_buffer(cls, buf: list) -> "Histogram":
-        """From a recorder buffer: N_BUCKETS counts followed by sum and max."""
-        return cls(np.array(buf[:N_BUCKETS], dtype=np.int64), buf[N_BUCKETS], buf[N_BUCKETS + 1])
-
-    @classmethod
     def from_values(cls, values) -> "Histogram":
         v = np.asarray(values)
         if v.size and (not np.issubdtype(v.dtype, np.integer) or v.min() < 0):

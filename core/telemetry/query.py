@@ -16,6 +16,7 @@ import numpy as np
 from scipy import stats as sps
 
 from core import schema
+from core.settings import DEFAULT_STAGE_THRESHOLDS_MS
 from core.telemetry.histogram import Histogram, HistogramDecodeError
 from core.telemetry.rollup import PERCENTILES, unpack_member
 
@@ -74,11 +75,11 @@ def _us(ns):
     return None if ns is None else ns / 1000.0
 
 
-def _hist_stats(hist: Histogram, window_s: int, threshold_ms: float | None) -> dict:
+def _hist_stats(hist: Histogram, span_s: int, threshold_ms: float | None) -> dict:
     count = hist.count
     p50, p95, p99, p999 = hist.percentiles(PERCENTILES)
     threshold_us = None if threshold_ms is None else threshold_ms * 1000.0
-    return {"count": count, "ops_s": count / window_s, "mean_us": _us(hist.mean()),
+    return {"count": count, "ops_s": count / span_s, "mean_us": _us(hist.mean()),
             "p50_us": _us(p50), "p95_us": _us(p95), "p99_us": _us(p99), "p999_us": _us(p999),
             "max_us": _us(hist.max) if count else None, "threshold_us": threshold_us,
             "over_threshold": bool(p99 is not None and threshold_us is not None
@@ -86,8 +87,9 @@ def _hist_stats(hist: Histogram, window_s: int, threshold_ms: float | None) -> d
 
 
 def registered_stages(client) -> dict[str, float | None]:
-    """stage -> threshold_ms as shipped by the flushers (TELE_STAGES)."""
-    out = {}
+    """stage -> threshold_ms: the spec's stages (so the table always lists them), overridden
+    and extended by what the flushers shipped (TELE_STAGES)."""
+    out: dict[str, float | None] = dict(DEFAULT_STAGE_THRESHOLDS_MS)
     for name, raw in client.hgetall(schema.TELE_STAGES).items():
         try:
             out[name.decode()] = float(schema.loads(raw)["threshold_ms"])
@@ -98,17 +100,26 @@ def registered_stages(client) -> dict[str, float | None]:
 
 
 def get_latency_statistics(client, window_s: int = 60, now: float | None = None) -> dict[str, dict]:
-    """Per registered stage, statistics of the merged histogram of the last window_s seconds."""
+    """Per registered stage, statistics of the merged histogram of the last window_s seconds.
+
+    ops_s is the count over the part of the window since the stage's first sample in it, so a
+    process that started 10 s ago does not read as a sixth of its rate in a 60 s window."""
     window_s = _check_window(window_s)
     stages = registered_stages(client)
     end = window_end(client, now)
+    start = end - window_s + 1
     pipe = client.pipeline(transaction=False)
-    queued = [(stage, _queue_window_reads(pipe, stage, end - window_s + 1, end)) for stage in stages]
+    queued = []
+    for stage in stages:
+        pipe.zrangebyscore(schema.tele_sec_summary(stage), start, end, start=0, num=1, withscores=True)
+        queued.append((stage, _queue_window_reads(pipe, stage, start, end)))
     results = pipe.execute()
     out, pos = {}, 0
     for stage, n in queued:
-        out[stage] = _hist_stats(_merge_members(results[pos:pos + n]), window_s, stages[stage])
-        pos += n
+        first = results[pos]
+        span = end - int(first[0][1]) + 1 if first else window_s
+        out[stage] = _hist_stats(_merge_members(results[pos + 1:pos + 1 + n]), span, stages[stage])
+        pos += 1 + n
     return out
 
 

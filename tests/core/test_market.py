@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import sqlite3
 
 import numpy as np
 import pytest
@@ -106,7 +105,8 @@ def test_backfill_writes_days_times_series_rows_once(tmp_path, model):
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     indexes = {r[1] for r in conn.execute("PRAGMA index_list(daily_bars)")}
     assert "daily_bars_day" in indexes
-    assert history.closes_matrix(conn, list(symbol_names(model.n)) + [INDEX_SYMBOL]).shape == (40, model.n + 1)
+    closes = history.closes_matrix(conn, list(symbol_names(model.n)) + [INDEX_SYMBOL])
+    assert closes.shape == (40, model.n + 1) and np.all(closes > 0)
 
 
 def test_append_day_adds_bars_and_trade_summary(tmp_path, model):

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from core import redis_server, schema
+from core.telemetry import measure_latency, start_flusher
 from core.telemetry.flusher import Flusher
 from core.telemetry.histogram import Histogram
 from core.telemetry.recorder import Recorder
@@ -95,15 +96,15 @@ def test_backlog_is_bounded_while_redis_is_down_and_ships_after_recovery(rec, te
 
 @pytest.mark.timeout(30)
 def test_flusher_thread_survives_errors_and_stop_flushes_the_rest(redis_client, redis_url, rec):
-    real_swap, calls = rec.swap, []
+    real_collect, calls = rec.collect, []
 
-    def flaky_swap(*args, **kwargs):
+    def flaky_collect(*args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("injected")
-        return real_swap(*args, **kwargs)
+        return real_collect(*args, **kwargs)
 
-    rec.swap = flaky_swap
+    rec.collect = flaky_collect
     flusher = Flusher("test", redis_url, interval_s=0.1, recorder=rec).start()
     wait_for(lambda: flusher.stats()["errors"] == 1, 5, what="injected error")
     rec.record("alpha", 10)
@@ -127,3 +128,22 @@ def test_one_second_intervals_are_aligned_to_the_wall_clock(redis_client, redis_
         assert written_ms // 1000 == second + 1 and written_ms % 1000 < 300
     finally:
         flusher.stop()
+
+
+@pytest.mark.timeout(30)
+def test_start_flusher_ships_the_default_recorder_and_returns_the_running_one(redis_client, redis_url):
+    flusher = start_flusher("test-proc", redis_url, interval_s=0.2)
+    try:
+        assert start_flusher("test-proc", redis_url, interval_s=0.2) is flusher
+        with measure_latency("order_execution"):
+            time.sleep(0.001)
+        entry = wait_for(lambda: [f for _, f in redis_client.xrange(schema.TELE_RAW)
+                                  if b"h:order_execution" in f], 5, what="a flush")[0]
+        assert Histogram.decode(entry[b"h:order_execution"]).max >= 1_000_000
+        assert entry[b"proc"].endswith(b":test-proc")
+        assert redis_client.hlen(schema.TELE_STAGES) >= 7
+    finally:
+        flusher.stop()
+    again = start_flusher("test-proc", redis_url, interval_s=0.2)   # a stopped one is replaced
+    assert again is not flusher
+    again.stop()

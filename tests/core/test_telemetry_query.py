@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from core import schema
+from core.settings import DEFAULT_STAGE_THRESHOLDS_MS
 from core.telemetry.histogram import Histogram
 from core.telemetry.query import (get_latency_statistics, identify_bottlenecks,
                                   latency_distribution, stage_series, throughput_trend, trend_of,
@@ -52,7 +53,7 @@ def test_window_histogram_over_minute_and_second_blobs_equals_merging_raw_sample
 
 def test_latency_statistics_shape_values_and_idle_stage(rolled):
     stats = get_latency_statistics(rolled, window_s=60, now=M0 + 200)
-    assert set(stats) == {"alpha", "total_pipeline", "idle"}
+    assert set(stats) == {"alpha", "idle"} | set(DEFAULT_STAGE_THRESHOLDS_MS)   # spec's 7 always
     assert all(set(s) == STATS_KEYS for s in stats.values())
     raw = np.concatenate([_samples(s, "alpha") for s in range(M0 + 70, M0 + 130)])
     alpha = stats["alpha"]
@@ -61,9 +62,16 @@ def test_latency_statistics_shape_values_and_idle_stage(rolled):
                                             rel=1 / 256)
     assert alpha["threshold_us"] == 100.0 and alpha["over_threshold"] is True
     assert stats["total_pipeline"]["over_threshold"] is False
+    assert stats["total_pipeline"]["threshold_us"] == 100_000.0 and stats["cache_access"]["count"] == 0
     assert stats["idle"] == {"count": 0, "ops_s": 0.0, "mean_us": None, "p50_us": None,
                              "p95_us": None, "p99_us": None, "p999_us": None, "max_us": None,
                              "threshold_us": 5000.0, "over_threshold": False}
+
+
+def test_ops_per_second_counts_only_the_part_of_the_window_since_the_first_sample(rolled):
+    stats = get_latency_statistics(rolled, window_s=3600, now=M0 + 129)
+    total = sum(_samples(s, "alpha").size for s in range(M0 - 20, M0 + 130))
+    assert stats["alpha"]["count"] == total and stats["alpha"]["ops_s"] == total / 150
 
 
 def test_stage_series_is_one_summary_per_second_oldest_first(rolled):

@@ -55,6 +55,8 @@ def test_runner_trades_reports_persists_and_stops_cleanly_on_sigterm(redis_clien
         assert redis_client.xlen(schema.BROKER_FILLS) > 0
         stats = {k.decode(): schema.loads(v) for k, v in redis_client.hgetall(schema.BUS_STATS).items()}
         assert stats["pipeline"]["events_total"] > 0 and stats["pipeline"]["errors"] == 0
+        roles = [schema.loads(v)["role"] for v in redis_client.hvals(schema.PROCS)]
+        assert "pipeline" in roles                                # the metrics collector sees us
 
         redis_client.set(schema.PIPELINE_CONTROL, schema.dumps({"tick_rate": 2000}))
         wait_for(lambda: status(redis_client)["tick_rate"] == 2000, 5, what="rate change")
@@ -97,3 +99,38 @@ def test_runner_refuses_postgres_with_a_clear_message(tmp_path, redis_url):
     proc = start_runner(tmp_path, redis_url, DATABASE_URL="postgresql://u@127.0.0.1/console")
     assert proc.wait(timeout=30) == 2
     assert "PostgreSQL: not supported yet" in (tmp_path / "runner.log").read_text()
+
+
+def test_runner_survives_redis_outage_and_recovers_when_it_returns(tmp_path):
+    from core import redis_server
+    from tests.conftest import free_port
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    server = redis_server.start(port, tmp_path / "redis", appendonly=False)
+    proc = start_runner(tmp_path, url)
+    client = schema.connect(url)
+    try:
+        wait_for(lambda: (status(client) or {}).get("orders_total", 0) > 0, 30, what="orders")
+        server.terminate()
+        server.wait(timeout=10)
+        time.sleep(2.5)                                      # outage: the runner must not die
+        assert proc.poll() is None
+        server = redis_server.start(port, tmp_path / "redis", appendonly=False)
+        st = wait_for(lambda: _status_safe(client), 15, what="status after Redis returned")
+        assert st["ticks_total"] > 2000 and st["running"]
+        wait_for(lambda: (_status_safe(client) or {}).get("trading_state") == "ACTIVE", 10,
+                 what="trading re-enabled")
+        log = (tmp_path / "runner.log").read_text()
+        assert "Redis unreachable" in log and "Redis reachable again" in log
+        sigterm_and_wait(proc)
+    finally:
+        stop_process(proc)
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _status_safe(client):
+    try:
+        return status(client)
+    except Exception:   # the server is still starting
+        return None
