@@ -6,6 +6,9 @@ STAMP  := $(VENV)/.installed
 export ORT_DISABLE_TELEMETRY := 1
 export NUMBA_CACHE_DIR := $(CURDIR)/var/numba
 export PYTHONPATH := $(CURDIR)
+# honcho gives each Procfile entry PORT = base + 100 * index; web is first, so it gets PORT.
+PORT ?= 8050
+export PORT
 
 .PHONY: run test bench setup clean assets
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.signal import lfilter
 
 INDEX_SYMBOL = "INDEX"
 KAPPA = 0.3                 # loading of the next return on the previous imbalance, in idio sigmas
@@ -140,12 +141,10 @@ class MarketSimulator:
         """This round's imbalance and the previous one, per symbol (AR(1) latent, tanh-squashed)."""
         n, phi = self.model.n, IMBALANCE_PHI
         shocks = self._rng.standard_normal((rounds, n)) * np.sqrt(1.0 - phi * phi)
-        latent = np.empty((rounds, n))
-        x = self._latent
-        for r in range(rounds):
-            x = phi * x + shocks[r]
-            latent[r] = x
-        self._latent = x.copy()
+        # x[r] = phi * x[r-1] + shock[r], as one C loop (a Python loop over rounds cost ~0.3 ms
+        # per block, which showed up in the feed's latency tail)
+        latent = lfilter([1.0], [1.0, -phi], shocks, axis=0, zi=(phi * self._latent)[None, :])[0]
+        self._latent = latent[-1].copy()
         imb = np.tanh(latent)
         imb_prev = np.vstack([self._prev_imb[None, :], imb[:-1]])
         self._prev_imb = imb[-1].copy()

@@ -42,7 +42,6 @@ STATUS_EVERY_S = 1.0
 SWITCH_INTERVAL_S = 0.0001
 GC_GEN0_THRESHOLD = 50_000        # fewer young collections; ticks allocate short-lived objects
 SHUTDOWN_BUDGET_S = 4.0
-FEED_NICE = -10                   # feed thread priority when permitted (see core.pipeline.Feed)
 REGISTER_EVERY = 5                # status rounds between process-registry refreshes
 
 
@@ -70,7 +69,7 @@ class Runner:
                                  first_date=history.next_business_day(last_date))
         self.bus.subscribe(Tick, self.pipeline.on_tick, name="pipeline", mode="sync")
         self.feed = Feed(self.sim, self.bus, settings.tick_rate, settings.sim_day_seconds,
-                         on_day_end=self.pipeline.close_day, nice=FEED_NICE)
+                         on_day_end=self.pipeline.close_day)
         self.client = schema.connect(settings.redis_url)
         self.redis_ok: bool | None = None
         self.loaded = False

@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 
 TEMPLATE = "bootstrap_dark"
 MARGIN = dict(l=50, r=20, t=40, b=35)
-SERIES_COLORS = ["#4cc9f0", "#f72585", "#ffd166", "#06d6a0", "#b5179e", "#fb8500", "#8ecae6", "#adb5bd"]
+SERIES_COLORS = ["#4cc9f0", "#f72585", "#ffd166", "#06d6a0", "#b5179e", "#fb8500", "#e9c46a", "#adb5bd"]
 
 
 def to_datetimes(seconds: Iterable[float]) -> np.ndarray:

@@ -30,8 +30,8 @@ def layout(**_kwargs):
         dbc.Row([
             dbc.Col(dbc.RadioItems(id="latency-window", options=list(WINDOWS), value="5 min",
                                    inline=True), width="auto"),
-            dbc.Col(dcc.Dropdown(id="latency-stage", value=TOTAL, clearable=False,
-                                 options=list(DEFAULT_STAGE_THRESHOLDS_MS)), width=3),
+            dbc.Col(dbc.Select(id="latency-stage", value=TOTAL,
+                               options=list(DEFAULT_STAGE_THRESHOLDS_MS)), width=3),
         ], className="mb-2 align-items-center"),
         html.Div(id="latency-bottleneck"),
         dbc.Row([_graph("stage"), _graph("p99")]),
@@ -111,8 +111,9 @@ def update_details(_n, window, stage):
     client, window_s = data.client(), WINDOWS.get(window, 300)
     stats = query.get_latency_statistics(client, window_s=window_s)
     stage = stage if stage in stats else TOTAL
-    return (_cdf_figure(client, stage, window_s), _breakdown_figure(stats),
-            _bottleneck(query.identify_bottlenecks(stats)), _stage_table(stats),
+    found = query.identify_bottlenecks(stats)
+    return (_cdf_figure(client, stage, window_s), _breakdown_figure(found, stats),
+            _bottleneck(found), _stage_table(stats),
             _bus_table(schema.read_json_hash(client, schema.BUS_STATS)))
 
 
@@ -131,19 +132,18 @@ def _cdf_figure(client, stage: str, window_s: int) -> go.Figure:
     return fig
 
 
-def _breakdown_figure(stats: dict) -> go.Figure:
-    parts = {s: v["mean_us"] for s, v in stats.items() if s != TOTAL and v.get("mean_us") is not None
-             and s in ("data_processing", "model_inference", "signal_generation", "order_execution")}
+def _breakdown_figure(found: dict, stats: dict) -> go.Figure:
     total = (stats.get(TOTAL) or {}).get("mean_us")
+    parts = dict(found.get("per_tick_us") or {})
     if not parts or not total:
         return charts.empty_figure("Stage breakdown: no data yet")
-    names = list(parts) + ["queueing & other"]
-    values = list(parts.values()) + [max(total - sum(parts.values()), 0.0)]
+    parts["queueing & other"] = found.get("queueing_us") or 0.0
+    names, values = list(parts), list(parts.values())
     fig = go.Figure(go.Bar(x=values, y=names, orientation="h",
                            text=[f"{100 * v / total:.0f}%" for v in values], textposition="auto",
                            marker={"color": charts.SERIES_COLORS[:len(names)]}))
     fig.update_layout(template=charts.TEMPLATE, height=280, margin=charts.MARGIN, uirevision="breakdown",
-                      title={"text": f"Mean breakdown of total_pipeline ({charts.fmt_us(total)})",
+                      title={"text": f"Where a tick's {charts.fmt_us(total)} goes (mean per tick)",
                              "x": 0.01, "font": {"size": 14}}, xaxis={"title": "µs"})
     return fig
 
@@ -154,11 +154,14 @@ def _bottleneck(found: dict):
         text = "; ".join(f"{o['stage']} p99 {charts.fmt_us(o['p99_us'])} is {o['excess_ratio']:.1f}× "
                          f"its {charts.fmt_us(o['threshold_us'])} threshold" for o in over)
         return dbc.Alert(f"Over threshold: {text}", color="danger", id="latency-bottleneck-alert")
-    if found.get("dominant_stage"):
-        return dbc.Alert(f"Bottleneck: {found['dominant_stage']} takes "
-                         f"{100 * found['dominant_share']:.0f}% of the mean tick-to-order time. "
-                         "All stages within thresholds.", color="info", id="latency-bottleneck-alert")
-    return dbc.Alert("No latency data in this window yet.", color="secondary", id="latency-bottleneck-alert")
+    if not found.get("dominant_stage"):
+        return dbc.Alert("No latency data in this window yet.", color="secondary", id="latency-bottleneck-alert")
+    text = (f"Bottleneck: {found['dominant_stage']} takes {100 * found['dominant_share']:.0f}% of the "
+            "mean tick-to-order time")
+    if (found.get("queueing_share") or 0) > found["dominant_share"]:
+        text += (f"; queueing and scheduling delay before processing takes "
+                 f"{100 * found['queueing_share']:.0f}% (the clock starts at each tick's scheduled time)")
+    return dbc.Alert(text + ". All stages within thresholds.", color="info", id="latency-bottleneck-alert")
 
 
 def _stage_table(stats: dict):

@@ -164,17 +164,31 @@ def trend_of(t, ops) -> dict:
     return out
 
 
+PATH_STAGES = ("data_processing", "model_inference", "signal_generation", "order_execution")
+
+
 def identify_bottlenecks(stats: dict) -> dict:
-    """Which stage dominates total_pipeline's mean, and which stages' p99 exceed their threshold."""
-    total = (stats.get(TOTAL_STAGE) or {}).get("mean_us")
-    parts = {name: s["mean_us"] for name, s in stats.items()
-             if name != TOTAL_STAGE and s.get("mean_us") is not None}
-    dominant = max(parts, key=parts.get) if parts else None
-    share = parts[dominant] / total if dominant is not None and total else None
+    """Where the tick-to-order time goes, and which stages' p99 exceed their threshold.
+
+    A stage's share is its time per tick: mean x count / total_pipeline's count (order
+    execution runs on few ticks, so its per-call mean overstates it). What the path stages do
+    not explain is queueing and scheduling delay (total_pipeline counts from each tick's
+    scheduled time). Shares are fractions of total_pipeline's mean; None without data.
+    """
+    total = stats.get(TOTAL_STAGE) or {}
+    total_mean, total_count = total.get("mean_us"), total.get("count") or 0
+    per_tick = {name: stats[name]["mean_us"] * stats[name]["count"] / total_count
+                for name in PATH_STAGES
+                if total_count and (stats.get(name) or {}).get("mean_us") is not None}
+    dominant = max(per_tick, key=per_tick.get) if per_tick else None
+    share = per_tick[dominant] / total_mean if dominant is not None and total_mean else None
+    queueing = (max(total_mean - sum(per_tick.values()), 0.0) if per_tick and total_mean else None)
     over = [{"stage": name, "p99_us": s["p99_us"], "threshold_us": s["threshold_us"],
              "excess_ratio": s["p99_us"] / s["threshold_us"]}
             for name, s in stats.items()
             if s.get("p99_us") is not None and s.get("threshold_us")
             and s["p99_us"] > s["threshold_us"]]
     over.sort(key=lambda row: row["excess_ratio"], reverse=True)
-    return {"dominant_stage": dominant, "dominant_share": share, "over_threshold": over}
+    return {"dominant_stage": dominant, "dominant_share": share, "over_threshold": over,
+            "per_tick_us": per_tick, "queueing_us": queueing,
+            "queueing_share": queueing / total_mean if queueing is not None else None}

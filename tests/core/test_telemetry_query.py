@@ -125,21 +125,26 @@ def test_throughput_trend_reads_per_second_ops_from_the_rollup(rolled):
     assert trend["direction"] == "flat"     # periodic counts: no trend
 
 
-def test_bottlenecks_dominant_share_and_threshold_excess():
-    def row(mean, p99, threshold):
-        return {"mean_us": mean, "p99_us": p99, "threshold_us": threshold}
+def test_bottlenecks_weigh_stages_per_tick_and_report_threshold_excess():
+    def row(mean, p99, threshold, count=1000):
+        return {"mean_us": mean, "p99_us": p99, "threshold_us": threshold, "count": count}
     stats = {"total_pipeline": row(1000.0, 3000.0, 100_000.0),
              "data_processing": row(200.0, 900.0, 50_000.0),
              "model_inference": row(600.0, 250_000.0, 100_000.0),
+             # runs on 1 tick in 100: 1000 us per call is only 10 us per tick
+             "order_execution": row(1000.0, 2000.0, 50_000.0, count=10),
              "cache_access": row(5.0, 1500.0, 1000.0),
-             "idle": row(None, None, 10_000.0)}
+             "idle": row(None, None, 10_000.0, count=0)}
     out = identify_bottlenecks(stats)
     assert out["dominant_stage"] == "model_inference" and out["dominant_share"] == 0.6
+    assert out["per_tick_us"] == {"data_processing": 200.0, "model_inference": 600.0,
+                                  "order_execution": 10.0}
+    assert out["queueing_us"] == pytest.approx(190.0) and out["queueing_share"] == pytest.approx(0.19)
     assert out["over_threshold"] == [
         {"stage": "model_inference", "p99_us": 250_000.0, "threshold_us": 100_000.0, "excess_ratio": 2.5},
         {"stage": "cache_access", "p99_us": 1500.0, "threshold_us": 1000.0, "excess_ratio": 1.5}]
-    assert identify_bottlenecks({}) == {"dominant_stage": None, "dominant_share": None,
-                                        "over_threshold": []}
+    empty = identify_bottlenecks({})
+    assert empty["dominant_stage"] is None and empty["over_threshold"] == [] and empty["queueing_us"] is None
 
 
 def _write_hour(client, stages: list[str], end: int) -> None:
