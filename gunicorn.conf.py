@@ -14,8 +14,10 @@ errorlog = "-"
 
 
 
-def post_fork(server, worker):
-    """Each web worker keeps itself registered so the metrics collector reads its CPU and RSS."""
+def post_worker_init(worker):
+    """Each web worker keeps itself registered so the metrics collector reads its CPU and RSS.
+    Not in post_fork: a thread started there races the worker's import of the app (partially
+    initialised stdlib modules, seen as 'unknown encoding: idna')."""
     from core import procs
     procs.keep_registered(_s.redis_url, "web")
 

@@ -201,15 +201,17 @@ class PaperBroker:
     def persist(self, client) -> int:
         """Ship account, changed positions, new orders/fills and daily P&L in one round trip.
         Returns how many orders+fills were sent. Raises redis errors; nothing is lost then."""
-        with self._lock:
+        with self._lock:   # copy only: the order path waits on this lock, so no JSON in here
             for i, p in enumerate(self._pos_by_idx):
                 if p.qty:
                     p.last_price = self._price(i)
             account = self.account()
-            # every position each time (a few hundred short JSON values at most): a change made
+            # every position each time (a few hundred short values at most): a change made
             # between snapshot and write can then never be left stale in Redis
-            positions = {s: schema.dumps(asdict(p)) for s, p in self.positions.items()}
+            rows = [(p.symbol, p.qty, p.avg_price, p.realized_pnl, p.last_price)
+                    for p in self._pos_by_idx]
             orders, fills, daily = list(self._orders), list(self._fills), list(self._daily)
+        positions = {r[0]: schema.dumps(asdict(Position(*r))) for r in rows}
         pipe = client.pipeline(transaction=False)
         pipe.hset(schema.BROKER_ACCOUNT, mapping={k: str(v) for k, v in account.items()})
         if positions:

@@ -97,7 +97,10 @@ def keep_registered(redis_url: str, role: str, pid: int | None = None,
     def loop() -> None:
         client = schema.connect(redis_url)
         while pid is None or psutil.pid_exists(pid):
-            register_process(client, role, pid)
+            try:
+                register_process(client, role, pid)
+            except Exception:  # noqa: BLE001  (this thread must outlive any one failure)
+                log.exception("process registry: %s (%s) not refreshed", pid or os.getpid(), role)
             time.sleep(every_s)
 
     if blocking:

@@ -9,6 +9,7 @@ console:tele:raw                      stream   per-process flushes: {proc, sec, 
 console:tele:rollup:last              string   last second rolled up (int)
 console:tele:s1:<stage>               zset     per-second summary JSON, score = second, 1 h
 console:tele:h1:<stage>               zset     per-second histogram blob (8-byte second + blob), 1 h
+console:tele:s10:<stage>              zset     per-10-second summary JSON (long chart windows), 1 h
 console:tele:m1:<stage>               zset     per-minute histogram blob (8-byte minute + blob), 24 h
 console:tele:stages                   hash     stage -> JSON {threshold_ms}
 console:metrics:s1 / :m1              zset     system metric samples JSON, 1 h at 1 s / 24 h at 1 min
@@ -64,6 +65,10 @@ def tele_sec_summary(stage: str) -> str:
 
 def tele_sec_hist(stage: str) -> str:
     return f"{NS}tele:h1:{stage}"
+
+
+def tele_10s_summary(stage: str) -> str:
+    return f"{NS}tele:s10:{stage}"
 
 
 def tele_min_hist(stage: str) -> str:

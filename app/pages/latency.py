@@ -17,6 +17,8 @@ from core.telemetry import query
 dash.register_page(__name__, path="/latency", name="Latency", order=1)
 
 WINDOWS = {"5 min": 300, "15 min": 900, "60 min": 3600}
+# per-second points for the short window, 10-second points beyond (a tenth of the reads)
+RESOLUTION = {300: 1, 900: 10, 3600: 10}
 TOTAL = "total_pipeline"
 GRAPH_CONFIG = {"displaylogo": False}
 
@@ -58,12 +60,14 @@ def update_series(_n, window, stage):
     stats = query.get_latency_statistics(client, window_s=window_s)
     stage = stage if stage in stats else TOTAL
     threshold = (stats.get(stage) or {}).get("threshold_us")
-    series = {name: query.stage_series(client, name, window_s) for name in stats}
+    res = RESOLUTION.get(window_s, 10)
+    series = {name: query.stage_series(client, name, window_s, resolution_s=res)
+              for name, row in stats.items() if row.get("count")}
     stage_fig = charts.time_series(
         series.get(stage, []), [("p50_us", "p50"), ("p95_us", "p95"), ("p99_us", "p99")],
-        f"{stage}: percentiles per second", "µs", log_y=True, threshold=threshold,
+        f"{stage}: percentiles per {'second' if res == 1 else f'{res} s'}", "µs", log_y=True, threshold=threshold,
         threshold_label=f"threshold {charts.fmt_us(threshold)}")
-    trend = query.throughput_trend(client, TOTAL, window_s)
+    trend = query.throughput_trend(client, TOTAL, window_s, resolution_s=res)
     return stage_fig, _p99_all_figure(series), _throughput_figure(series.get(TOTAL, []), trend)
 
 

@@ -18,7 +18,7 @@ from scipy import stats as sps
 from core import schema
 from core.settings import DEFAULT_STAGE_THRESHOLDS_MS
 from core.telemetry.histogram import Histogram, HistogramDecodeError
-from core.telemetry.rollup import PERCENTILES, unpack_member
+from core.telemetry.rollup import BLOCK_S, PERCENTILES, unpack_member
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +123,18 @@ def get_latency_statistics(client, window_s: int = 60, now: float | None = None)
     return out
 
 
-def stage_series(client, stage: str, window_s: int, now: float | None = None) -> list[dict]:
-    """Per-second summaries over the window, oldest first (seconds without samples are absent)."""
+def stage_series(client, stage: str, window_s: int, now: float | None = None,
+                 resolution_s: int = 1) -> list[dict]:
+    """Summaries over the window, oldest first, one per second (resolution_s=1) or per
+    10 seconds (resolution_s=10, what long chart windows read: a tenth of the points).
+    Periods without samples are absent."""
     window_s = _check_window(window_s)
+    if resolution_s not in (1, BLOCK_S):
+        raise ValueError(f"resolution_s must be 1 or {BLOCK_S}, got {resolution_s!r}")
     end = window_end(client, now)
-    members = client.zrangebyscore(schema.tele_sec_summary(stage), end - window_s + 1, end)
+    key = schema.tele_sec_summary(stage) if resolution_s == 1 else schema.tele_10s_summary(stage)
+    start = end - window_s + 1
+    members = client.zrangebyscore(key, start - start % resolution_s, end)
     return [schema.loads(m) for m in members]
 
 
@@ -142,9 +149,11 @@ def latency_distribution(client, stage: str, window_s: int, now: float | None = 
     return {"values_us": (values / 1000.0).tolist(), "cdf": cdf.tolist()}
 
 
-def throughput_trend(client, stage: str, window_s: int, now: float | None = None) -> dict:
-    """OLS slope of per-second ops/s over the window, with a 95 % t confidence interval."""
-    series = stage_series(client, stage, window_s, now)
+def throughput_trend(client, stage: str, window_s: int, now: float | None = None,
+                     resolution_s: int = 1) -> dict:
+    """OLS slope of ops/s over the window (per second, or per 10 s), with a 95 % t
+    confidence interval."""
+    series = stage_series(client, stage, window_s, now, resolution_s)
     return trend_of([p["t"] for p in series], [p["ops_s"] for p in series])
 
 

@@ -91,20 +91,42 @@ def _write_seconds(client, merged: dict) -> None:
     pipe.execute()
 
 
-def _write_minutes(client, minutes: list[tuple[str, int]]) -> None:
+BLOCK_S = 10  # resolution of the summaries long chart windows read
+
+
+def _merge_blocks(client, blocks: list[tuple[str, int]], width: int) -> list[Histogram]:
+    """Merged per-second histograms of each (stage, first second) block of `width` seconds."""
     pipe = client.pipeline(transaction=False)
-    for stage, minute in minutes:
-        pipe.zrangebyscore(schema.tele_sec_hist(stage), minute, minute + 59)
-    results = pipe.execute()
-    pipe = client.pipeline(transaction=False)
-    for (stage, minute), members in zip(minutes, results):
+    for stage, first in blocks:
+        pipe.zrangebyscore(schema.tele_sec_hist(stage), first, first + width - 1)
+    merged = []
+    for members in pipe.execute():
         hist = Histogram()
         for member in members:
             hist.merge_blob(unpack_member(member))
+        merged.append(hist)
+    return merged
+
+
+def _write_minutes(client, minutes: list[tuple[str, int]]) -> None:
+    pipe = client.pipeline(transaction=False)
+    for (stage, minute), hist in zip(minutes, _merge_blocks(client, minutes, 60)):
         key = schema.tele_min_hist(stage)
         pipe.zremrangebyscore(key, minute, minute)
         schema.add_to_series(pipe, key, minute, pack_member(minute, hist.encode()),
                              schema.MINUTE_SERIES_RETENTION_S)
+    pipe.execute()
+
+
+def _write_blocks(client, blocks: list[tuple[str, int]], final: int) -> None:
+    """10-second summaries; a block still filling counts ops/s over its finalized seconds."""
+    pipe = client.pipeline(transaction=False)
+    for (stage, first), hist in zip(blocks, _merge_blocks(client, blocks, BLOCK_S)):
+        key = schema.tele_10s_summary(stage)
+        span = max(1, min(BLOCK_S, final - first + 1))
+        pipe.zremrangebyscore(key, first, first)
+        schema.add_to_series(pipe, key, first, schema.dumps(summarize(first, hist, span)),
+                             schema.SECOND_SERIES_RETENTION_S)
     pipe.execute()
 
 
@@ -128,6 +150,8 @@ def rollup(client, now: float | None = None) -> dict:
         _write_seconds(client, merged)
         minutes = sorted({(stage, second - second % 60) for stage, second in merged})
         _write_minutes(client, minutes)
+        _write_blocks(client, sorted({(stage, second - second % BLOCK_S) for stage, second in merged}),
+                      final)
         report["minutes"] = len(minutes)
     client.set(schema.TELE_ROLLUP_LAST, final)
     report.update(last=final, seconds=len(merged))

@@ -116,3 +116,19 @@ def test_second_series_is_trimmed_to_its_retention(redis_client):
     flush(redis_client, "p1", BASE, {"alpha": [1]})
     rollup(redis_client, now=BASE + GRACE_S + 1)
     assert [s["t"] for s in summaries(redis_client, "alpha")] == [BASE]
+
+
+def test_ten_second_summaries_merge_their_seconds_and_count_ops_over_finalized_seconds(redis_client):
+    first = BASE - BASE % 10
+    for second in range(first, first + 4):
+        flush(redis_client, "p1", second, {"alpha": [1000 * (second - first + 1)] * 100})
+    rollup(redis_client, now=first + 3 + GRACE_S + 0.5)
+    [block] = [schema.loads(m) for m in redis_client.zrange(schema.tele_10s_summary("alpha"), 0, -1)]
+    assert block["t"] == first and block["count"] == 400
+    assert block["ops_s"] == 100.0            # 4 finalized seconds so far, not 10
+    assert block["max_us"] == 4.0
+    from core.telemetry.query import stage_series
+    series = stage_series(redis_client, "alpha", 60, now=first + 10, resolution_s=10)
+    assert [row["count"] for row in series] == [400]
+    with pytest.raises(ValueError, match="resolution_s"):
+        stage_series(redis_client, "alpha", 60, resolution_s=5)

@@ -55,6 +55,7 @@ def test_runner_trades_reports_persists_and_stops_cleanly_on_sigterm(redis_clien
         assert redis_client.xlen(schema.BROKER_FILLS) > 0
         stats = {k.decode(): schema.loads(v) for k, v in redis_client.hgetall(schema.BUS_STATS).items()}
         assert stats["pipeline"]["events_total"] > 0 and stats["pipeline"]["errors"] == 0
+        assert stats["fill_monitor"]["mode"] == "async" and stats["fill_monitor"]["event_type"] == "Fill"
         roles = [schema.loads(v)["role"] for v in redis_client.hvals(schema.PROCS)]
         assert "pipeline" in roles                                # the metrics collector sees us
 
