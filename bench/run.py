@@ -16,7 +16,7 @@ import time
 
 from core.settings import get_settings
 
-AREAS = ["telemetry", "pipeline"]
+AREAS = ["telemetry", "pipeline", "dashboard"]
 
 
 def _selected() -> list[str]:

@@ -79,6 +79,7 @@ class Runner:
         self.redis_ok: bool | None = None
         self.loaded = False
         self._status_calls = 0
+        self._bad_control: bytes | None = None
         self.stopping = asyncio.Event()
 
     # ---- edges (asyncio) -----------------------------------------------------------------
@@ -148,7 +149,7 @@ class Runner:
 
     def _read_control(self) -> None:
         raw = self.client.get(schema.PIPELINE_CONTROL)
-        if raw is None:
+        if raw is None or raw == self._bad_control:
             return
         try:
             rate = float(schema.loads(raw)["tick_rate"])
@@ -156,6 +157,7 @@ class Runner:
                 self.feed.set_rate(rate)
                 log.info("tick rate set to %.0f ticks/s by %s", rate, schema.PIPELINE_CONTROL)
         except (ValueError, KeyError, TypeError) as exc:
+            self._bad_control = raw          # logged once, not every second
             log.error("ignored bad %s value %r: %s", schema.PIPELINE_CONTROL, raw[:200], exc)
 
     async def _every(self, period_s: float, fn) -> None:

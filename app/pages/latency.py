@@ -5,7 +5,6 @@ from __future__ import annotations
 import dash
 import dash_bootstrap_components as dbc
 import numpy as np
-import plotly.graph_objects as go
 from dash import Input, Output, callback, dcc, html
 
 from app import data
@@ -71,32 +70,27 @@ def update_series(_n, window, stage):
     return stage_fig, _p99_all_figure(series), _throughput_figure(series.get(TOTAL, []), trend)
 
 
-def _p99_all_figure(series: dict[str, list]) -> go.Figure:
-    fig = go.Figure()
-    for i, (stage, rows) in enumerate(series.items()):
-        if rows:
-            fig.add_trace(go.Scatter(x=charts.to_datetimes(r["t"] for r in rows),
-                                     y=[r["p99_us"] for r in rows], mode="lines", name=stage,
-                                     line={"width": 1.4, "color": charts.SERIES_COLORS[i % 8]}))
-    if not fig.data:
+def _p99_all_figure(series: dict[str, list]) -> dict:
+    traces = [charts.line(charts.to_datetimes(r["t"] for r in rows), [r["p99_us"] for r in rows],
+                          stage, i, line={"width": 1.4, "color": charts.SERIES_COLORS[i % 8]})
+              for i, (stage, rows) in enumerate(series.items()) if rows]
+    if not traces:
         return charts.empty_figure("p99 per stage: no data yet")
-    fig.update_layout(template=charts.TEMPLATE, height=280, margin=charts.MARGIN, uirevision="p99",
-                      title={"text": "p99 per stage", "x": 0.01, "font": {"size": 14}},
-                      yaxis={"type": "log", "title": "µs"}, legend={"font": {"size": 10}})
-    return fig
+    return charts.figure(traces, "p99 per stage", yaxis={"type": "log", "title": {"text": "µs"}},
+                         legend={"font": {"size": 10}})
 
 
-def _throughput_figure(rows: list[dict], trend: dict) -> go.Figure:
+def _throughput_figure(rows: list[dict], trend: dict) -> dict:
     fig = charts.time_series(rows, [("ops_s", "ticks/s")], "Throughput (total_pipeline)", "ops/s")
     if rows and trend.get("slope_per_s") is not None:
         t = np.array([r["t"] for r in rows], dtype=float)
         y = np.array([r["ops_s"] or 0.0 for r in rows], dtype=float)
-        line = y.mean() + trend["slope_per_s"] * (t - t.mean())
-        fig.add_trace(go.Scatter(x=charts.to_datetimes(t), y=line, mode="lines", name="trend",
-                                 line={"dash": "dot", "color": "#adb5bd"}))
-        fig.update_layout(title={"text": (
+        fit = y.mean() + trend["slope_per_s"] * (t - t.mean())
+        fig["data"].append(charts.line(charts.to_datetimes(t), fit.tolist(), "trend", 7,
+                                       line={"dash": "dot", "color": "#adb5bd"}))
+        fig["layout"]["title"]["text"] = (
             f"Throughput (total_pipeline): {trend['direction']}, slope {trend['slope_per_s']:+.3f}/s² "
-            f"[95% CI {trend['ci_low']:+.3f}, {trend['ci_high']:+.3f}]")})
+            f"[95% CI {trend['ci_low']:+.3f}, {trend['ci_high']:+.3f}]")
     return fig
 
 
@@ -121,35 +115,32 @@ def update_details(_n, window, stage):
             _bus_table(schema.read_json_hash(client, schema.BUS_STATS)))
 
 
-def _cdf_figure(client, stage: str, window_s: int) -> go.Figure:
+def _cdf_figure(client, stage: str, window_s: int) -> dict:
     dist = query.latency_distribution(client, stage, window_s)
     if not dist["values_us"]:
         return charts.empty_figure(f"{stage}: no samples in the window")
-    fig = go.Figure(go.Scatter(x=dist["values_us"], y=dist["cdf"], mode="lines", name=stage,
-                               line={"shape": "hv", "color": charts.SERIES_COLORS[0]}))
-    for q, dash_style in ((0.5, "dot"), (0.99, "dash")):
-        fig.add_hline(y=q, line={"dash": dash_style, "width": 1, "color": "#6c757d"},
-                      annotation_text=f"p{q * 100:g}", annotation_position="bottom right")
-    fig.update_layout(template=charts.TEMPLATE, height=280, margin=charts.MARGIN, uirevision="cdf",
-                      title={"text": f"{stage}: latency distribution (CDF)", "x": 0.01, "font": {"size": 14}},
-                      xaxis={"type": "log", "title": "µs"}, yaxis={"title": "fraction ≤ x", "range": [0, 1.02]})
-    return fig
+    marks = [charts.hline(q, f"p{q * 100:g}", "#6c757d", style, "right")
+             for q, style in ((0.5, "dot"), (0.99, "dash"))]
+    trace = charts.line(dist["values_us"], dist["cdf"], stage, 0)
+    trace["line"]["shape"] = "hv"
+    return charts.figure([trace], f"{stage}: latency distribution (CDF)", uirevision="cdf",
+                         xaxis={"type": "log", "title": {"text": "µs"}},
+                         yaxis={"title": {"text": "fraction ≤ x"}, "range": [0, 1.02]},
+                         shapes=[m[0] for m in marks], annotations=[m[1] for m in marks])
 
 
-def _breakdown_figure(found: dict, stats: dict) -> go.Figure:
+def _breakdown_figure(found: dict, stats: dict) -> dict:
     total = (stats.get(TOTAL) or {}).get("mean_us")
     parts = dict(found.get("per_tick_us") or {})
     if not parts or not total:
         return charts.empty_figure("Stage breakdown: no data yet")
     parts["queueing & other"] = found.get("queueing_us") or 0.0
     names, values = list(parts), list(parts.values())
-    fig = go.Figure(go.Bar(x=values, y=names, orientation="h",
-                           text=[f"{100 * v / total:.0f}%" for v in values], textposition="auto",
-                           marker={"color": charts.SERIES_COLORS[:len(names)]}))
-    fig.update_layout(template=charts.TEMPLATE, height=280, margin=charts.MARGIN, uirevision="breakdown",
-                      title={"text": f"Where a tick's {charts.fmt_us(total)} goes (mean per tick)",
-                             "x": 0.01, "font": {"size": 14}}, xaxis={"title": "µs"})
-    return fig
+    bar = {"type": "bar", "orientation": "h", "x": values, "y": names,
+           "text": [f"{100 * v / total:.0f}%" for v in values], "textposition": "auto",
+           "marker": {"color": charts.SERIES_COLORS[:len(names)]}}
+    return charts.figure([bar], f"Where a tick's {charts.fmt_us(total)} goes (mean per tick)",
+                         uirevision="breakdown", xaxis={"title": {"text": "µs"}}, showlegend=False)
 
 
 def _bottleneck(found: dict):
@@ -160,11 +151,13 @@ def _bottleneck(found: dict):
         return dbc.Alert(f"Over threshold: {text}", color="danger", id="latency-bottleneck-alert")
     if not found.get("dominant_stage"):
         return dbc.Alert("No latency data in this window yet.", color="secondary", id="latency-bottleneck-alert")
-    text = (f"Bottleneck: {found['dominant_stage']} takes {100 * found['dominant_share']:.0f}% of the "
-            "mean tick-to-order time")
+    stage_text = f"{found['dominant_stage']} ({100 * found['dominant_share']:.0f}% of the mean tick-to-order time)"
     if (found.get("queueing_share") or 0) > found["dominant_share"]:
-        text += (f"; queueing and scheduling delay before processing takes "
-                 f"{100 * found['queueing_share']:.0f}% (the clock starts at each tick's scheduled time)")
+        text = (f"Bottleneck: queueing and scheduling delay, {100 * found['queueing_share']:.0f}% of the "
+                f"mean tick-to-order time (the clock starts at each tick's scheduled time, so CPU "
+                f"contention and late wake-ups count); the costliest stage is {stage_text}")
+    else:
+        text = f"Bottleneck: {stage_text}"
     return dbc.Alert(text + ". All stages within thresholds.", color="info", id="latency-bottleneck-alert")
 
 

@@ -59,11 +59,15 @@ def test_runner_trades_reports_persists_and_stops_cleanly_on_sigterm(redis_clien
         roles = [schema.loads(v)["role"] for v in redis_client.hvals(schema.PROCS)]
         assert "pipeline" in roles                                # the metrics collector sees us
 
+        redis_client.set(schema.PIPELINE_CONTROL, schema.dumps({"tick_rate": -5}))
+        time.sleep(1.5)                                           # bad value: ignored, logged
+        assert status(redis_client)["tick_rate"] == 1000 and proc.poll() is None
         redis_client.set(schema.PIPELINE_CONTROL, schema.dumps({"tick_rate": 2000}))
         wait_for(lambda: status(redis_client)["tick_rate"] == 2000, 5, what="rate change")
         assert sigterm_and_wait(proc) < 5
     finally:
         stop_process(proc)
+    assert "ignored bad console:pipeline:control value" in (tmp_path / "runner.log").read_text()
     final = status(redis_client)
     assert final["running"] is False
     account = redis_client.hgetall(schema.BROKER_ACCOUNT)
