@@ -15,9 +15,9 @@ tick's scheduled time (open loop), so queueing delay counts.
   failing step is measured a second time before it counts (see _measure_twice_if_over).
   The 1,000/s figure is reported from one window, as measured.
 
-Measured here (shared 2-core VM, BENCH_QUICK=1, whole console running), three runs:
-pipeline.p99_us 715 / 813 / 1,274 us; pipeline.max_ticks_per_s 8,800 / 4,200 / 500 (the
-last one during a neighbour's burst, before failing steps were re-measured). The hot path
+Measured here (shared 2-core VM, BENCH_QUICK=1, whole console running), four runs:
+pipeline.p99_us 480 / 715 / 813 / 1,274 us; pipeline.max_ticks_per_s 7,500 / 8,800 / 4,200 /
+500 (the last during a neighbour's burst, before failing steps were re-measured). The hot path
 itself costs ~5 us per tick (230,000 ticks/s closed loop); the tail comes from the machine:
 a bare thread that only sleeps to a 1 ms schedule shows p99 130-860 us here depending on
 what else runs, and time.sleep overshoots by ~60-80 us (the p50).
