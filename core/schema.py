@@ -105,6 +105,10 @@ PIPELINE_DAILY = NS + "pipeline:daily"
 BUS_STATS = NS + "bus:stats"
 # "ACTIVE" / "HALTED": the order path's gate (risk and emergency stop write it; absent = ACTIVE)
 TRADING_STATE = NS + "trading:state"
+# trading state history, limit utilization and the audit trail (issue 5; shapes fixed here)
+TRADING_HISTORY = NS + "trading:history"   # stream {ts, from_state, to_state, reason, source, user}
+LIMITS_STATUS = NS + "limits:status"       # JSON {"ts", "limits": [{name, kind, symbol, limit, value, utilization, breached}]}
+AUDIT = NS + "audit"                       # stream, capped: who, when, what, details JSON
 # JSON {"tick_rate": float}: lets a benchmark or the Settings page change the rate live
 PIPELINE_CONTROL = NS + "pipeline:control"
 
