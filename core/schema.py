@@ -24,8 +24,28 @@ console:broker:orders / :fills        stream   recent orders / fills, capped
 console:pipeline:status               string   JSON status of the reference pipeline
 console:pipeline:daily                zset     daily P&L JSON, score = sim day index
 console:bus:stats                     hash     handler -> JSON live statistics
-console:trading:state                 string   ACTIVE / HALTED (order gate; absent = ACTIVE)
+console:trading:state                 string   ACTIVE / REDUCING / HALTED (order gate; absent = ACTIVE)
+console:trading:meta                  string   JSON of the last transition {state, source, reason, user, ts}
+console:trading:events                pubsub   JSON transition, published with every state change
+console:trading:history               stream   transitions {ts, from_state, to_state, reason, source, user}, capped
+console:safety:rules                  hash     SafetyController memory: peak_equity, latency_streak, normal_since, ...
+console:safety:status                 string   JSON last rule evaluation {ts, state, rules: [...]}
+console:limits:status                 string   JSON limit utilization {ts, limits: [...]}
+console:audit                         stream   audit trail {ts, action, user, source, reason, details JSON}, capped
+console:lock:safety                   string   SET NX EX lock: one rule evaluation at a time
 console:pipeline:control              string   JSON {"tick_rate": float} read live by the runner
+console:cache:v:<key>                 string   CacheManager L2 entry (core.cache wire format), PX = TTL
+console:cache:inval                   pubsub   L1 invalidations: JSON {"k": key, "o": origin id, "t": ts}
+console:cache:policy                  hash     prefix -> JSON {ttl_s, skip_l2, ...} (cache.optimize)
+console:cache:l1_size                 string   L1 entry bound chosen by cache.optimize (int)
+console:cache:stats:<proc>            string   JSON per-tier statistics of one process, EX 120
+console:cache:series                  zset     multi-tier hit rate / latency samples JSON, 1 h
+console:memory:s1                     zset     per-process RSS/USS + system memory JSON, 1 h
+console:memory:mmap                   hash     name -> JSON {path, shape, dtype, bytes} (np.memmap under var/)
+console:opt:history:<area>            stream   optimization runs (memory / cache / database), capped
+console:opt:last:<area>               string   JSON result of the latest run of <area>
+console:db:findings                   string   JSON latest analyze_query findings per watched query
+console:lock:opt:<area>               string   SET NX EX lock of the <area> optimization task
 """
 from __future__ import annotations
 
@@ -109,8 +129,47 @@ TRADING_STATE = NS + "trading:state"
 TRADING_HISTORY = NS + "trading:history"   # stream {ts, from_state, to_state, reason, source, user}
 LIMITS_STATUS = NS + "limits:status"       # JSON {"ts", "limits": [{name, kind, symbol, limit, value, utilization, breached}]}
 AUDIT = NS + "audit"                       # stream, capped: who, when, what, details JSON
+TRADING_META = NS + "trading:meta"          # JSON of the last transition (who halted, why, source)
+TRADING_EVENTS = NS + "trading:events"      # pub/sub channel: a JSON transition per state change
+SAFETY_RULES = NS + "safety:rules"          # hash: the SafetyController's memory between evaluations
+SAFETY_STATUS = NS + "safety:status"        # JSON {ts, state, rules: [{name, value, threshold, breached, action}]}
+SAFETY_LOCK = NS + "lock:safety"
+TRADING_HISTORY_MAXLEN = 10_000
+AUDIT_MAXLEN = 10_000
 # JSON {"tick_rate": float}: lets a benchmark or the Settings page change the rate live
 PIPELINE_CONTROL = NS + "pipeline:control"
+
+# ---- memory and cache management (issue 4) -------------------------------------------
+CACHE_VALUE_PREFIX = NS + "cache:v:"
+CACHE_INVALIDATE = NS + "cache:inval"
+CACHE_POLICY = NS + "cache:policy"
+CACHE_L1_SIZE = NS + "cache:l1_size"
+CACHE_STATS_SERIES = NS + "cache:series"
+MEMORY_SERIES = NS + "memory:s1"
+MEMORY_MMAP = NS + "memory:mmap"
+DB_FINDINGS = NS + "db:findings"
+OPT_AREAS = ("memory", "cache", "database")
+OPT_HISTORY_MAXLEN = 500
+
+
+def cache_value(key: str) -> str:
+    return CACHE_VALUE_PREFIX + key
+
+
+def cache_stats(proc: str) -> str:
+    return f"{NS}cache:stats:{proc}"
+
+
+def opt_history(area: str) -> str:
+    return f"{NS}opt:history:{area}"
+
+
+def opt_last(area: str) -> str:
+    return f"{NS}opt:last:{area}"
+
+
+def opt_lock(area: str) -> str:
+    return f"{NS}lock:opt:{area}"
 
 
 # ---- serialization -------------------------------------------------------------------

@@ -94,6 +94,21 @@ class Settings:
     flush_backlog: int = 120              # flush intervals kept while Redis is down
     metrics_interval_s: float = 1.0
     heartbeat_stale_s: float = 10.0
+    # memory and cache management (issue 4)
+    gc_threshold_pct: float = 70.0        # system memory % above which memory.optimize collects
+    memory_threshold_pct: float = 80.0    # ... above which it also cleans caches and alerts
+    cache_ttl_s: float = 300.0            # default TTL of a cache entry
+    cache_max_entries: int = 1000         # L1 bound in entries (the spec's max_cache_size)
+    cache_max_bytes: int = 64 * 1024**2   # L1 bound in bytes
+    cache_l2_max_bytes: int = 256 * 1024**2   # stated L2 capacity (bytes of cache entries in Redis)
+    cache_max_value_bytes: int = 8 * 1024**2  # one serialized value, larger is rejected
+    memory_optimize_interval_s: float = 60.0
+    cache_optimize_interval_s: float = 60.0
+    database_analyze_interval_s: float = 300.0
+    # safety (issue 5 part B)
+    api_token: str = ""                   # CONSOLE_API_TOKEN; empty: the HTTP API answers 401
+    guard_heartbeat_s: float = 2.0        # trading guard blocks orders after this long without Redis
+    safety_interval_s: float = 1.0        # SafetyController rule evaluation period
     stage_thresholds_ms: dict = field(default_factory=lambda: dict(DEFAULT_STAGE_THRESHOLDS_MS))
 
     @property
@@ -140,7 +155,35 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         flush_backlog=_read(env, p + "FLUSH_BACKLOG", _parse_int, 120, 1, 100_000),
         metrics_interval_s=_read(env, p + "METRICS_INTERVAL", _parse_float, 1.0, 0.2, 60.0),
         heartbeat_stale_s=_read(env, p + "HEARTBEAT_STALE", _parse_float, 10.0, 1.0, 3600.0),
+        **_memory_cache_settings(env, p),
+        api_token=(env.get(p + "API_TOKEN") or "").strip(),
+        guard_heartbeat_s=_read(env, p + "GUARD_HEARTBEAT", _parse_float, 2.0, 0.2, 60.0),
+        safety_interval_s=_read(env, p + "SAFETY_INTERVAL", _parse_float, 1.0, 0.2, 60.0),
     )
+
+
+def _memory_cache_settings(env: Mapping[str, str], p: str) -> dict:
+    """Thresholds, cache bounds and optimizer schedules (issue 4); GC must trigger below memory."""
+    out = dict(
+        gc_threshold_pct=_read(env, p + "GC_THRESHOLD_PCT", _parse_float, 70.0, 1.0, 99.0),
+        memory_threshold_pct=_read(env, p + "MEMORY_THRESHOLD_PCT", _parse_float, 80.0, 1.0, 99.0),
+        cache_ttl_s=_read(env, p + "CACHE_TTL", _parse_float, 300.0, 0.1, 30 * 86_400.0),
+        cache_max_entries=_read(env, p + "CACHE_MAX_ENTRIES", _parse_int, 1000, 1, 10_000_000),
+        cache_max_bytes=_read(env, p + "CACHE_MAX_BYTES", _parse_int, 64 * 1024**2, 1024, 2**40),
+        cache_l2_max_bytes=_read(env, p + "CACHE_L2_MAX_BYTES", _parse_int, 256 * 1024**2, 1024, 2**40),
+        cache_max_value_bytes=_read(env, p + "CACHE_MAX_VALUE_BYTES", _parse_int, 8 * 1024**2,
+                                    64, 512 * 1024**2),
+        memory_optimize_interval_s=_read(env, p + "MEMORY_OPTIMIZE_INTERVAL", _parse_float, 60.0,
+                                         1.0, 86_400.0),
+        cache_optimize_interval_s=_read(env, p + "CACHE_OPTIMIZE_INTERVAL", _parse_float, 60.0,
+                                        1.0, 86_400.0),
+        database_analyze_interval_s=_read(env, p + "DATABASE_ANALYZE_INTERVAL", _parse_float, 300.0,
+                                          1.0, 86_400.0),
+    )
+    if out["gc_threshold_pct"] > out["memory_threshold_pct"]:
+        raise SettingsError(f"{p}GC_THRESHOLD_PCT={out['gc_threshold_pct']} must not exceed "
+                            f"{p}MEMORY_THRESHOLD_PCT={out['memory_threshold_pct']}")
+    return out
 
 
 @functools.lru_cache(maxsize=1)

@@ -10,7 +10,6 @@ on a timer.
 from __future__ import annotations
 
 import logging
-import uuid
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
@@ -18,6 +17,7 @@ from celery.signals import beat_init, worker_process_init, worker_ready
 
 from celery_config import celery_app
 from core import schema
+from core.locks import single_run
 from core.metrics import collect_sample
 from core.procs import keep_registered, register_process
 from core.settings import get_settings
@@ -30,28 +30,21 @@ LOCK_TTL_MS = 6000
 # Registration is re-asserted on a timer so that a Redis restart without persistence (or a
 # flushed database) loses a process from the registry for seconds only, not for good.
 REREGISTER_EVERY_S = 5.0
-_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
-
 
 def _client() -> redis.Redis:
     return schema.connect(get_settings().redis_url)
-
 
 @celery_app.task(name="metrics.collect", soft_time_limit=5, ignore_result=True)
 def collect() -> str:
     """Collect one sample; "collected", "skipped" (another run holds the lock) or "failed"."""
     client = _client()
-    token = uuid.uuid4().hex
     try:
-        if not client.set(schema.METRICS_LOCK, token, nx=True, px=LOCK_TTL_MS):
-            return "skipped"
-        try:
+        with single_run(client, schema.METRICS_LOCK, LOCK_TTL_MS / 1000) as mine:
+            if not mine:
+                return "skipped"
             register_process(client, "worker")  # this pool child: cheap, and survives a registry wipe
             collect_sample(client)
             return "collected"
-        finally:
-            # only our own lock: after a TTL expiry it may belong to the next run
-            client.eval(_RELEASE, 1, schema.METRICS_LOCK, token)
     except redis.RedisError as exc:
         log.warning("metrics.collect: Redis unavailable: %s", exc)
         return "failed"
@@ -61,7 +54,6 @@ def collect() -> str:
     finally:
         client.close()
 
-
 def _register(role: str) -> None:
     client = _client()
     try:
@@ -69,11 +61,9 @@ def _register(role: str) -> None:
     finally:
         client.close()
 
-
 @worker_process_init.connect
 def _register_pool_child(**_kwargs) -> None:
     _register("worker")
-
 
 @worker_ready.connect
 def _register_worker_main(sender=None, **_kwargs) -> None:
@@ -81,7 +71,6 @@ def _register_worker_main(sender=None, **_kwargs) -> None:
     timer = getattr(sender, "timer", None)
     if timer is not None:
         timer.call_repeatedly(REREGISTER_EVERY_S, _register, ("worker",), priority=10)
-
 
 @beat_init.connect
 def _register_beat(**_kwargs) -> None:

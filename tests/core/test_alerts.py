@@ -10,15 +10,9 @@ from core.alerts import (SEVERITIES, alerts_after, last_alert_id, raise_alert, r
 from tests.conftest import free_port
 
 
-# A database of its own: the session may run the whole console (tests/app starts worker, beat
-# and pipeline), whose collector, alerts and heartbeats would otherwise write into this test.
 @pytest.fixture
-def client(redis_url):
-    own = schema.connect(redis_url.rsplit("/", 1)[0] + "/11")
-    own.flushdb()
-    yield own
-    own.flushdb()
-    own.close()
+def client(isolated_client):
+    return isolated_client
 
 
 def test_every_spec_severity_is_stored_with_source_message_and_time(client):

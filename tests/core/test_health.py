@@ -10,15 +10,9 @@ from core.health import health_status
 from tests.conftest import free_port
 
 
-# A database of its own: the session may run the whole console (tests/app starts worker, beat
-# and pipeline), whose collector, alerts and heartbeats would otherwise write into this test.
 @pytest.fixture
-def client(redis_url):
-    own = schema.connect(redis_url.rsplit("/", 1)[0] + "/11")
-    own.flushdb()
-    yield own
-    own.flushdb()
-    own.close()
+def client(isolated_client):
+    return isolated_client
 
 
 NOW = 1_800_000_000.0
