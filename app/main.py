@@ -17,7 +17,7 @@ from flask import jsonify
 
 from app import data
 from app.components.kpi import severity_color
-from core import alerts, health
+from core import alerts, health, prometheus
 from core.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,5 +102,10 @@ def create_app() -> dash.Dash:
     def healthz():
         status = health.health_status(data.client(), get_settings())
         return jsonify(status), (200 if status["status"] == "ok" else 503)
+
+    @app.server.get("/metrics")
+    def prometheus_metrics():
+        body = prometheus.render(data.client(), get_settings())
+        return body, 200, {"Content-Type": prometheus.CONTENT_TYPE}
 
     return app

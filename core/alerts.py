@@ -50,7 +50,10 @@ def raise_alert(client: redis.Redis, severity: str, source: str, message: str,
             if not fresh:
                 return None
         fields = {"severity": severity, "source": source, "message": message, "ts": f"{ts:.6f}"}
-        alert_id = client.xadd(schema.ALERTS, fields, maxlen=schema.ALERTS_MAXLEN, approximate=True)
+        pipe = client.pipeline(transaction=False)
+        pipe.xadd(schema.ALERTS, fields, maxlen=schema.ALERTS_MAXLEN, approximate=True)
+        pipe.hincrby(schema.ALERT_COUNTS, severity, 1)
+        alert_id = pipe.execute()[0]
     except redis.RedisError as exc:
         log.error("alert not stored (Redis unavailable: %s): [%s] %s: %s", exc, severity, source, message)
         return None
@@ -76,6 +79,13 @@ def _check_limit(limit) -> int:
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
         raise ValueError(f"limit must be an integer in 1..{MAX_LIMIT}, got {limit!r}")
     return limit
+
+
+def alert_counts(client: redis.Redis) -> dict[str, int]:
+    """Alerts raised so far per severity (every severity present, 0 when none)."""
+    raw = client.hgetall(schema.ALERT_COUNTS)
+    counts = {_text(k): int(v) for k, v in raw.items()}
+    return {severity: counts.get(severity, 0) for severity in SEVERITIES}
 
 
 def recent_alerts(client: redis.Redis, limit: int = 50) -> list[dict]:

@@ -11,6 +11,7 @@ console:tele:s1:<stage>               zset     per-second summary JSON, score = 
 console:tele:h1:<stage>               zset     per-second histogram blob (8-byte second + blob), 1 h
 console:tele:s10:<stage>              zset     per-10-second summary JSON (long chart windows), 1 h
 console:tele:m1:<stage>               zset     per-minute histogram blob (8-byte minute + blob), 24 h
+console:tele:cum:<stage>              string   histogram of every finalized sample since start (Prometheus)
 console:tele:stages                   hash     stage -> JSON {threshold_ms}
 console:metrics:s1 / :m1              zset     system metric samples JSON, 1 h at 1 s / 24 h at 1 min
 console:metrics:prev                  string   previous raw counters (for rates)
@@ -91,6 +92,10 @@ def tele_10s_summary(stage: str) -> str:
     return f"{NS}tele:s10:{stage}"
 
 
+def tele_cumulative_hist(stage: str) -> str:
+    return f"{NS}tele:cum:{stage}"
+
+
 def tele_min_hist(stage: str) -> str:
     return f"{NS}tele:m1:{stage}"
 
@@ -103,6 +108,7 @@ METRICS_LOCK = NS + "lock:metrics"
 
 # ---- alerts, health, processes -------------------------------------------------------
 ALERTS = NS + "alerts"
+ALERT_COUNTS = NS + "alerts:counts"   # hash severity -> alerts raised (a Prometheus counter)
 PROCS = NS + "procs"
 
 

@@ -155,6 +155,13 @@ class Histogram:
     def percentile(self, p: float) -> float | None:
         return self.percentiles([p])[0]
 
+    def counts_at_or_below(self, bounds_ns) -> np.ndarray:
+        """Cumulative sample counts at each bound (ns, ascending), for Prometheus `le`
+        buckets; a bucket counts below a bound when its reported value (midpoint) is."""
+        cum = np.cumsum(self.counts)
+        idx = np.searchsorted(MIDPOINT, np.asarray(bounds_ns, dtype=np.float64), side="right") - 1
+        return np.where(idx >= 0, cum[np.clip(idx, 0, None)], 0)
+
     def cdf_points(self) -> tuple[np.ndarray, np.ndarray]:
         """(value ns, cumulative fraction) at every non-empty bucket, ascending."""
         nz = np.flatnonzero(self.counts)

@@ -130,6 +130,29 @@ def _write_blocks(client, blocks: list[tuple[str, int]], final: int) -> None:
     pipe.execute()
 
 
+def _accumulate_and_commit(client, merged: dict, final: int) -> None:
+    """Fold the finalized seconds into each stage's cumulative histogram and advance
+    TELE_ROLLUP_LAST in one transaction, so a crash in between never counts a second twice."""
+    stages = sorted({stage for stage, _ in merged})
+    pipe = client.pipeline(transaction=False)
+    for stage in stages:
+        pipe.get(schema.tele_cumulative_hist(stage))
+    totals = {}
+    for stage, blob in zip(stages, pipe.execute()):
+        try:
+            totals[stage] = Histogram.decode(blob) if blob else Histogram()
+        except HistogramDecodeError as exc:
+            log.warning("telemetry rollup: cumulative histogram of %r reset (%s)", stage, exc)
+            totals[stage] = Histogram()
+    for (stage, _second), hist in merged.items():
+        totals[stage].merge(hist)
+    tx = client.pipeline(transaction=True)
+    for stage, hist in totals.items():
+        tx.set(schema.tele_cumulative_hist(stage), hist.encode())
+    tx.set(schema.TELE_ROLLUP_LAST, final)
+    tx.execute()
+
+
 def rollup(client, now: float | None = None) -> dict:
     """Finalize every second up to now - GRACE_S. Returns what it did:
     {"last": last finalized second, "entries": raw entries read, "seconds": (stage, second)
@@ -153,6 +176,8 @@ def rollup(client, now: float | None = None) -> dict:
         _write_blocks(client, sorted({(stage, second - second % BLOCK_S) for stage, second in merged}),
                       final)
         report["minutes"] = len(minutes)
-    client.set(schema.TELE_ROLLUP_LAST, final)
+        _accumulate_and_commit(client, merged, final)
+    else:
+        client.set(schema.TELE_ROLLUP_LAST, final)
     report.update(last=final, seconds=len(merged))
     return report

@@ -74,6 +74,21 @@ def test_healthz_reports_every_part_ok_when_console_runs(console):
     assert body["parts"]["pipeline"]["age_s"] < 10
 
 
+def test_metrics_endpoint_serves_live_prometheus_text_from_any_gunicorn_worker(console):
+    def scrape():
+        with urllib.request.urlopen(console + "/metrics", timeout=3) as resp:
+            assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            text = resp.read().decode()
+        line = next(l for l in text.splitlines()
+                    if l.startswith('console_stage_latency_seconds_count{stage="total_pipeline"}'))
+        return float(line.rsplit(" ", 1)[1])
+    first = wait_for(lambda: scrape() > 0 and scrape(), 30, 0.5, "stage counts in /metrics")
+    # several scrapes land on both workers; the counter only grows (state lives in Redis)
+    later = [scrape() for _ in range(6)]
+    assert all(b >= a for a, b in zip([first] + later, later))
+    wait_for(lambda: scrape() > first, 15, 0.5, "the counter to advance")
+
+
 @pytest.fixture
 def web_without_redis():
     """The web app alone, pointed at a port where no Redis listens."""
