@@ -25,3 +25,18 @@ def post_worker_init(worker):
 def when_ready(server):
     from core import procs
     procs.keep_registered(_s.redis_url, "web")
+    _ensure_admin()
+
+
+def _ensure_admin():
+    """First start: create `admin` with CONSOLE_ADMIN_PASSWORD, or a random password printed once."""
+    import redis
+    from core import schema, users
+    try:
+        generated = users.ensure_admin(schema.connect(_s.redis_url), _s.admin_password or None)
+    except redis.RedisError as exc:
+        print(f"admin user not checked (Redis unreachable: {exc})", flush=True)
+        return
+    if generated:
+        print("=" * 72 + f"\nCreated user 'admin' with password: {generated}\n"
+              "(shown once; set CONSOLE_ADMIN_PASSWORD to choose it)\n" + "=" * 72, flush=True)

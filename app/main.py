@@ -11,13 +11,14 @@ from pathlib import Path
 
 import dash
 import dash_bootstrap_components as dbc
-from dash import Input, Output, State, callback, dcc, html, no_update
+from dash import Input, Output, State, callback, ctx, dcc, html, no_update
 from dash_bootstrap_templates import load_figure_template
-from flask import jsonify
+from flask import jsonify, request
 
-from app import data
+from app import api, auth, data
+from app.components import emergency as estop
 from app.components.kpi import severity_color
-from core import alerts, health, prometheus
+from core import alerts, emergency, health, prometheus, safety
 from core.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,8 +39,20 @@ def _navbar() -> dbc.Navbar:
     return dbc.Navbar(dbc.Container([
         dbc.NavbarBrand("Trading Performance & Risk Console", href="/"),
         dbc.Nav(links, navbar=True, className="me-auto"),
-        html.Span(id="shell-health", className="small"),
+        html.Span(id="shell-health", className="small me-3"),
+        _user_menu(),
+        estop.stop_button(),
     ], fluid=True), color="dark", dark=True, className="mb-3 border-bottom")
+
+
+def _user_menu():
+    user = auth.current_user()
+    if user is None:  # layout rendered outside a request (never for a signed-in page)
+        return html.Span()
+    return html.Span([html.Span(f"{user['username']} ({user['role']})", id="shell-user",
+                                className="small text-body-secondary me-2"),
+                      html.A("Sign out", href="/logout", id="shell-logout",
+                             className="btn btn-sm btn-outline-secondary")])
 
 
 def _layout():
@@ -48,12 +61,15 @@ def _layout():
         dbc.Container([
             dbc.Alert("Redis unreachable: figures are frozen until the connection returns.",
                       id="shell-redis-banner", color="danger", is_open=False, className="mb-3"),
+            estop.state_banner(),
             dash.page_container,
         ], fluid=True),
         html.Div(id="shell-toasts", style={"position": "fixed", "top": 70, "right": 16,
                                            "width": 380, "zIndex": 2000}),
         dcc.Interval(id="shell-interval", interval=REFRESH_MS),
         dcc.Store(id="shell-last-alert-id"),
+        estop.stop_modal(), estop.resume_modal(),
+        dcc.Store(id="shell-estop-done"), dcc.Store(id="shell-resume-done"),
     ])
 
 
@@ -90,6 +106,74 @@ def update_toasts(_n, last_id):
     return [_toast(a) for a in fresh], fresh[-1]["id"]
 
 
+# ---- emergency stop: button -> confirmation -> halt; banner while halted; resume -----------
+def _web_user() -> str:
+    user = auth.current_user()
+    return user["username"] if user else f"web:{request.remote_addr or 'unknown'}"
+
+
+def _modal_fallback(*_args):
+    return True, no_update, "Redis unreachable: trading state not changed."
+
+
+@callback(Output("shell-estop-modal", "is_open"), Output("shell-estop-done", "data"),
+          Output("shell-estop-msg", "children"),
+          Input("shell-estop-open", "n_clicks"), Input("shell-estop-cancel", "n_clicks"),
+          Input("shell-estop-confirm", "n_clicks"), State("shell-estop-reason", "value"),
+          prevent_initial_call=True)
+@data.guarded(_modal_fallback)
+def emergency_stop_dialog(_open, _cancel, _confirm, reason):
+    if ctx.triggered_id == "shell-estop-open":
+        return True, no_update, ""
+    if ctx.triggered_id == "shell-estop-confirm":
+        denied = auth.require_role("operator")
+        if denied:
+            return True, no_update, denied
+        text = (reason or "").strip()[:safety.MAX_REASON] or "emergency stop button"
+        result = emergency.emergency_stop(data.client(), text, _web_user(), "button")
+        return False, result["ts"], ""
+    return False, no_update, ""
+
+
+@callback(Output("shell-resume-modal", "is_open"), Output("shell-resume-done", "data"),
+          Output("shell-resume-msg", "children"),
+          Input("shell-resume-open", "n_clicks"), Input("shell-resume-cancel", "n_clicks"),
+          Input("shell-resume-confirm", "n_clicks"), prevent_initial_call=True)
+@data.guarded(_modal_fallback)
+def resume_dialog(_open, _cancel, _confirm):
+    if ctx.triggered_id == "shell-resume-open":
+        return True, no_update, ""
+    if ctx.triggered_id == "shell-resume-confirm":
+        denied = auth.require_role("operator")
+        if denied:
+            return True, no_update, denied
+        result = emergency.resume_trading(data.client(), _web_user(), "button")
+        return False, result["ts"], ""
+    return False, no_update, ""
+
+
+def _banner_fallback(*_args):
+    return no_update, no_update, no_update, no_update
+
+
+@callback(Output("shell-trading-banner", "is_open"), Output("shell-trading-banner", "color"),
+          Output("shell-trading-title", "children"), Output("shell-trading-detail", "children"),
+          Input("shell-interval", "n_intervals"), Input("shell-estop-done", "data"),
+          Input("shell-resume-done", "data"))
+@data.guarded(_banner_fallback)
+def update_trading_banner(_n, _halted, _resumed):
+    client = data.client()
+    state = safety.read_state(client)
+    if state == safety.ACTIVE:
+        return False, "danger", no_update, ""
+    meta = safety.read_meta(client)
+    detail = (f"{meta.get('reason', '')} ({meta.get('source', '?')}, {meta.get('user', '?')})"
+              if meta else "")
+    if state == safety.REDUCING:
+        return True, "warning", "TRADING REDUCING: only risk-reducing orders pass", detail
+    return True, "danger", "TRADING HALTED", detail
+
+
 def create_app() -> dash.Dash:
     load_figure_template("bootstrap_dark")
     app = dash.Dash(__name__, use_pages=True, pages_folder=str(ROOT / "app" / "pages"),
@@ -97,6 +181,8 @@ def create_app() -> dash.Dash:
                     suppress_callback_exceptions=True, update_title=None)
     app.index_string = INDEX
     app.layout = _layout
+    auth.install(app.server)
+    api.register(app.server)
 
     @app.server.get("/healthz")
     def healthz():
@@ -108,4 +194,10 @@ def create_app() -> dash.Dash:
         body = prometheus.render(data.client(), get_settings())
         return body, 200, {"Content-Type": prometheus.CONTENT_TYPE}
 
+    # Last: Flask refuses new routes or hooks once it has served a request.
+    # Dash registers its component bundles while rendering the index page. Under several
+    # gunicorn workers, a worker that never rendered it refuses those bundles ("not a
+    # registered library") when the browser fetches them from it: render it once here.
+    with app.server.test_client() as client:
+        client.get("/", environ_overrides={auth.PRIME_ENVIRON_KEY: True})
     return app

@@ -34,7 +34,16 @@ console:safety:status                 string   JSON last rule evaluation {ts, st
 console:limits:status                 string   JSON limit utilization {ts, limits: [...]}
 console:audit                         stream   audit trail {ts, action, user, source, reason, details JSON}, capped
 console:lock:safety                   string   SET NX EX lock: one rule evaluation at a time
+console:risk:latest                   string   JSON RiskManager result (VaR/CVaR, drawdown, P&L, positions, model risk)
+console:risk:history                  zset     risk summary JSON (VaR 95/99, drawdown, confidence), score = ts, 24 h
+console:lock:risk                     string   SET NX EX lock: one risk.compute at a time
+console:model:outcomes                stream   per-second batches {ts, n, pairs: float32 (prediction, realized) bytes}, capped
 console:pipeline:control              string   JSON {"tick_rate": float} read live by the runner
+console:kernels:selection             string   JSON {ts, kernels: {kernel: backend}, batch_size, max_workers, numba_threads, session}
+console:kernels:bench                 string   JSON live benchmark table {ts, shape, rows: [{kernel, backend, ms, speedup, max_error, ok, selected}]}
+console:kernels:history               stream   selection changes {ts, what, before, after, before_ms, after_ms}, capped
+console:model:metrics                 string   JSON signal model {ts, path, hit_rate, ci_low, ci_high, n, session table}
+console:lock:kernels                  string   SET NX EX lock: one kernels.optimize at a time
 console:cache:v:<key>                 string   CacheManager L2 entry (core.cache wire format), PX = TTL
 console:cache:inval                   pubsub   L1 invalidations: JSON {"k": key, "o": origin id, "t": ts}
 console:cache:policy                  hash     prefix -> JSON {ttl_s, skip_l2, ...} (cache.optimize)
@@ -140,6 +149,13 @@ TRADING_EVENTS = NS + "trading:events"      # pub/sub channel: a JSON transition
 SAFETY_RULES = NS + "safety:rules"          # hash: the SafetyController's memory between evaluations
 SAFETY_STATUS = NS + "safety:status"        # JSON {ts, state, rules: [{name, value, threshold, breached, action}]}
 SAFETY_LOCK = NS + "lock:safety"
+# risk analytics (issue 5 part A)
+RISK_LATEST = NS + "risk:latest"            # JSON: the RiskManager's last result
+RISK_HISTORY = NS + "risk:history"          # zset of summary JSON, score = unix seconds
+RISK_LOCK = NS + "lock:risk"
+RISK_HISTORY_RETENTION_S = 24 * 3600
+MODEL_OUTCOMES = NS + "model:outcomes"      # stream {ts, n, pairs: little-endian float32 pred, real, ...}
+MODEL_OUTCOMES_MAXLEN = 120                 # one batch a second: two minutes
 TRADING_HISTORY_MAXLEN = 10_000
 AUDIT_MAXLEN = 10_000
 # JSON {"tick_rate": float}: lets a benchmark or the Settings page change the rate live
@@ -176,6 +192,26 @@ def opt_last(area: str) -> str:
 
 def opt_lock(area: str) -> str:
     return f"{NS}lock:opt:{area}"
+
+
+# ---- users, sessions, audit (issue 8) --------------------------------------------------
+USERS = NS + "users"                       # hash username -> JSON {role, created, kdf params, salt, hash}
+API_TOKENS = NS + "api_tokens"             # hash sha256(token) -> username
+SECRET_KEY = NS + "secret_key"             # the web's session signing key when not configured
+
+
+def login_failures(who: str) -> str:
+    """Failed-login counter of one (user, address), expiring with the rate-limit window."""
+    return f"{NS}login:fail:{who}"
+
+
+# ---- compute kernels and the signal model (issue 3) ----------------------------------
+KERNELS_SELECTION = NS + "kernels:selection"   # JSON: the backend per kernel the pipeline uses
+KERNELS_BENCH = NS + "kernels:bench"           # JSON: the live benchmark table (Latency page)
+KERNELS_HISTORY = NS + "kernels:history"       # stream: every selection change, before/after
+KERNELS_HISTORY_MAXLEN = 1000
+KERNELS_LOCK = NS + "lock:kernels"
+MODEL_METRICS = NS + "model:metrics"           # JSON: out-of-sample hit rate with its CI
 
 
 # ---- serialization -------------------------------------------------------------------

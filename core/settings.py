@@ -70,6 +70,13 @@ def _read(env: Mapping[str, str], name: str, parse: Callable[[str], object], def
     return value
 
 
+def _read_secret(env: Mapping[str, str], name: str, min_len: int) -> str:
+    value = (env.get(name) or "").strip()
+    if value and len(value) < min_len:
+        raise SettingsError(f"{name}: must be at least {min_len} characters (value not shown)")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """Start-up configuration. Defaults are documented in README.md (Configuration)."""
@@ -94,6 +101,11 @@ class Settings:
     flush_backlog: int = 120              # flush intervals kept while Redis is down
     metrics_interval_s: float = 1.0
     heartbeat_stale_s: float = 10.0
+    # web login (issue 8): secrets never appear in repr()
+    secret_key: str = field(default="", repr=False)       # signs session cookies; "" = keep one in Redis
+    admin_password: str = field(default="", repr=False)   # first-start password of `admin`; "" = random
+    secure_cookies: bool = False                           # set when served over HTTPS
+    session_hours: float = 12.0
     # memory and cache management (issue 4)
     gc_threshold_pct: float = 70.0        # system memory % above which memory.optimize collects
     memory_threshold_pct: float = 80.0    # ... above which it also cleans caches and alerts
@@ -109,6 +121,18 @@ class Settings:
     api_token: str = ""                   # CONSOLE_API_TOKEN; empty: the HTTP API answers 401
     guard_heartbeat_s: float = 2.0        # trading guard blocks orders after this long without Redis
     safety_interval_s: float = 1.0        # SafetyController rule evaluation period
+    # risk analytics (issue 5 part A)
+    risk_interval_s: float = 5.0          # risk.compute beat period
+    risk_lookback_days: int = 252         # daily returns the risk figures use
+    risk_mc_scenarios: int = 20_000       # Monte Carlo scenarios of the live computation
+    model_confidence_threshold: float = 0.6   # model confidence below this raises an alert
+    # compute kernels and the signal model (issue 3)
+    model_path: Path = ROOT / "var" / "models" / "signal.onnx"   # built by `make setup`
+    max_workers: int = min(32, os.cpu_count() or 1)   # threads for numba, ONNX Runtime, batches
+    vectorization_enabled: bool = True    # numpy backend may be selected
+    numba_enabled: bool = True
+    onnx_enabled: bool = True
+    kernels_optimize_interval_s: float = 300.0   # kernels.optimize beat period
     stage_thresholds_ms: dict = field(default_factory=lambda: dict(DEFAULT_STAGE_THRESHOLDS_MS))
 
     @property
@@ -155,10 +179,39 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         flush_backlog=_read(env, p + "FLUSH_BACKLOG", _parse_int, 120, 1, 100_000),
         metrics_interval_s=_read(env, p + "METRICS_INTERVAL", _parse_float, 1.0, 0.2, 60.0),
         heartbeat_stale_s=_read(env, p + "HEARTBEAT_STALE", _parse_float, 10.0, 1.0, 3600.0),
+        secret_key=_read_secret(env, p + "SECRET_KEY", 32),
+        admin_password=_read_secret(env, p + "ADMIN_PASSWORD", 8),
+        secure_cookies=_read(env, p + "SECURE_COOKIES", _parse_bool, False),
+        session_hours=_read(env, p + "SESSION_HOURS", _parse_float, 12.0, 0.1, 24.0 * 30),
         **_memory_cache_settings(env, p),
         api_token=(env.get(p + "API_TOKEN") or "").strip(),
         guard_heartbeat_s=_read(env, p + "GUARD_HEARTBEAT", _parse_float, 2.0, 0.2, 60.0),
         safety_interval_s=_read(env, p + "SAFETY_INTERVAL", _parse_float, 1.0, 0.2, 60.0),
+        risk_interval_s=_read(env, p + "RISK_INTERVAL", _parse_float, 5.0, 1.0, 3600.0),
+        risk_lookback_days=_read(env, p + "RISK_LOOKBACK_DAYS", _parse_int, 252, 20, 5000),
+        risk_mc_scenarios=_read(env, p + "RISK_MC_SCENARIOS", _parse_int, 20_000, 1000, 1_000_000),
+        model_confidence_threshold=_read(env, p + "MODEL_CONFIDENCE_THRESHOLD", _parse_float,
+                                         0.6, 0.0, 1.0),
+        **_kernel_settings(env, p),
+    )
+
+
+def _kernel_settings(env: Mapping[str, str], p: str) -> dict:
+    """Model path (relative paths are under the repo root), parallelism and backend flags (issue 3)."""
+    raw_path = (env.get(p + "MODEL_PATH") or "").strip()
+    model_path = Path(raw_path) if raw_path else ROOT / "var" / "models" / "signal.onnx"
+    if not model_path.is_absolute():
+        model_path = ROOT / model_path
+    if model_path.suffix != ".onnx":
+        raise SettingsError(f"{p}MODEL_PATH={raw_path!r}: must name an .onnx file")
+    return dict(
+        model_path=model_path,
+        max_workers=_read(env, p + "MAX_WORKERS", _parse_int, min(32, os.cpu_count() or 1), 1, 1024),
+        vectorization_enabled=_read(env, p + "VECTORIZATION_ENABLED", _parse_bool, True),
+        numba_enabled=_read(env, p + "NUMBA_ENABLED", _parse_bool, True),
+        onnx_enabled=_read(env, p + "ONNX_ENABLED", _parse_bool, True),
+        kernels_optimize_interval_s=_read(env, p + "KERNELS_OPTIMIZE_INTERVAL", _parse_float, 300.0,
+                                          10.0, 86_400.0),
     )
 
 

@@ -29,6 +29,10 @@ os.environ["REDIS_URL"] = f"redis://127.0.0.1:{_REDIS_PORT}/0"
 os.environ["CONSOLE_VAR_DIR"] = str(_TMP / "var")
 os.environ.setdefault("CONSOLE_BACKFILL_DAYS", "60")
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+ADMIN_PASSWORD = "test-admin-password"
+os.environ["CONSOLE_ADMIN_PASSWORD"] = ADMIN_PASSWORD
+API_TOKEN = "test-api-token"          # the operator token of the HTTP API (app/api.py)
+os.environ["CONSOLE_API_TOKEN"] = API_TOKEN
 os.environ.setdefault("NUMBA_CACHE_DIR", str(_TMP / "var" / "numba"))
 
 from core import redis_server, schema  # noqa: E402

@@ -7,7 +7,7 @@ import urllib.request
 import pytest
 
 from core import schema
-from tests.conftest import _spawn, free_port, stop_process, wait_for
+from tests.conftest import ADMIN_PASSWORD, _spawn, free_port, stop_process, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -38,7 +38,7 @@ def web_url(redis_url):
     proc = _spawn([sys.executable, "-m", "gunicorn", "wsgi:server", "--config", "gunicorn.conf.py",
                    "--bind", f"127.0.0.1:{port}", "--workers", "2"], "web")
     url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: _http_ok(url + "/_dash-layout"), 60, what="gunicorn serving the app")
+    wait_for(lambda: _http_ok(url + "/login"), 60, what="gunicorn serving the app")
     yield url
     stop_process(proc)
 
@@ -60,10 +60,31 @@ def browser():
         chromium.close()
 
 
+def login(pg, base_url: str, username: str = "admin", password: str = ADMIN_PASSWORD) -> None:
+    """Sign in through the real login form; the session cookie stays in the page's context."""
+    pg.goto(base_url + "/login")
+    pg.fill("#login-username", username)
+    pg.fill("#login-password", password)
+    pg.click("#login-submit")
+    pg.wait_for_url(lambda url: "/login" not in url, timeout=15000)
+
+
 @pytest.fixture
-def page(browser):
+def anonymous_page(browser):
+    """A browser tab with no session."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture
+def page(browser, request):
+    """A browser tab signed in as admin when the test uses the `console` (else anonymous);
+    records page errors and 5xx responses in `page.console_errors`."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     pg = context.new_page()
+    if "console" in request.fixturenames:
+        login(pg, request.getfixturevalue("console"))
     errors: list[str] = []
     requests: list[str] = []
     pg.on("pageerror", lambda exc: errors.append(str(exc)))

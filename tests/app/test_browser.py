@@ -90,31 +90,49 @@ def test_metrics_endpoint_serves_live_prometheus_text_from_any_gunicorn_worker(c
 
 
 @pytest.fixture
-def web_without_redis():
-    """The web app alone, pointed at a port where no Redis listens."""
+def web_with_own_redis(test_tmp_dir):
+    """The web app alone on a private Redis the test may kill: (url, redis process)."""
     import sys
+    from core import redis_server
     from tests.app.conftest import _http_ok
     from tests.conftest import _spawn, free_port, stop_process
-    port, dead = free_port(), free_port()
+    port, redis_port = free_port(), free_port()
+    own_redis = redis_server.start(redis_port, test_tmp_dir / f"redis-{redis_port}", appendonly=False)
     proc = _spawn([sys.executable, "-m", "gunicorn", "wsgi:server", "--config", "gunicorn.conf.py",
-                   "--bind", f"127.0.0.1:{port}", "--workers", "1"], "web-noredis",
-                  env={"REDIS_URL": f"redis://127.0.0.1:{dead}/0"})
+                   "--bind", f"127.0.0.1:{port}", "--workers", "1"], "web-ownredis",
+                  env={"REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"})
     url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: _http_ok(url + "/_dash-layout"), 60, what="gunicorn without redis")
-    yield url
+    wait_for(lambda: _http_ok(url + "/login"), 60, what="gunicorn on its own redis")
+    yield url, own_redis
     stop_process(proc)
+    if own_redis.poll() is None:
+        own_redis.kill()
 
 
-def test_redis_unreachable_shows_banner_not_callback_errors(web_without_redis, page):
-    for path in ("/", "/latency"):
-        page.goto(web_without_redis + path)
+def test_redis_lost_mid_session_shows_banner_not_callback_errors(web_with_own_redis, page):
+    from tests.app.conftest import login
+    url, own_redis = web_with_own_redis
+    login(page, url)
+    page.goto(url + "/latency")
+    page.wait_for_selector("#latency-stage-table")
+    own_redis.kill()                      # Redis gone while a signed-in user watches
+    own_redis.wait(timeout=10)
+    for path in ("/latency", "/"):
+        page.goto(url + path)
         page.wait_for_selector("#shell-redis-banner", state="visible", timeout=20000)
         assert "Redis unreachable" in page.inner_text("#shell-redis-banner")
         time.sleep(2.5)  # at least one more refresh cycle
     assert not page.console_errors, page.console_errors
     try:
-        urllib.request.urlopen(web_without_redis + "/healthz", timeout=5)
+        urllib.request.urlopen(url + "/healthz", timeout=5)
         raise AssertionError("healthz answered 200 with Redis down")
     except urllib.error.HTTPError as err:
         body = json.loads(err.read())
         assert err.code == 503 and body["parts"]["redis"]["status"] == "fail"
+    # the login page says why signing in is impossible instead of failing
+    page.context.clear_cookies()
+    page.goto(url + "/login")
+    page.fill("#login-username", "admin")
+    page.fill("#login-password", "whatever-password")
+    page.click("#login-submit")
+    assert "Redis unreachable" in page.inner_text("#login-error")
