@@ -18,7 +18,7 @@ from flask import jsonify, request
 from app import api, auth, data
 from app.components import emergency as estop
 from app.components.kpi import severity_color
-from core import alerts, emergency, health, prometheus, safety
+from core import alerts, emergency, health, prometheus, safety, users
 from core.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,8 +34,11 @@ INDEX = """<!DOCTYPE html>
 
 
 def _navbar() -> dbc.Navbar:
+    role = auth.current_role()
+    # pages may declare `min_role` (register_page kwarg); the page itself checks it again
     links = [dbc.NavItem(dbc.NavLink(page["name"], href=page["relative_path"], active="exact"))
-             for page in sorted(dash.page_registry.values(), key=lambda p: p.get("order", 99))]
+             for page in sorted(dash.page_registry.values(), key=lambda p: p.get("order", 99))
+             if users.has_role(role, page.get("min_role", "viewer"))]
     return dbc.Navbar(dbc.Container([
         dbc.NavbarBrand("Trading Performance & Risk Console", href="/"),
         dbc.Nav(links, navbar=True, className="me-auto"),

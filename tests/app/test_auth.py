@@ -70,3 +70,25 @@ def test_deleted_user_loses_the_session_at_once_and_logout_ends_it(console, anon
     assert "/login" in anonymous_page.url
     audit = [e["action"] for e in __import__("core.emergency", fromlist=["x"]).recent_audit(client, 50)]
     assert "login" in audit and "logout" in audit
+
+
+def test_admin_adds_a_viewer_who_cannot_see_admin_pages_and_sees_the_audit(console, page, anonymous_page,
+                                                                          redis_url):
+    schema.connect(redis_url).hdel(schema.USERS, "vera")
+    page.goto(console + "/users")
+    page.fill("#users-name", "vera")
+    page.fill("#users-password", "short")
+    page.click("#users-add")
+    assert "password" in page.inner_text("#users-error")          # validation message shown
+    page.fill("#users-password", "vera-password")
+    page.click("#users-add")
+    page.wait_for_selector("#users-ok")
+    assert "vera" in page.inner_text("#users-table-el")
+    page.goto(console + "/audit")
+    page.wait_for_selector("#audit-table-el")
+    assert "user_add" in page.inner_text("#audit-table-el")
+    login(anonymous_page, console, "vera", "vera-password")
+    anonymous_page.wait_for_selector("#shell-user")
+    assert "Users" not in anonymous_page.inner_text("nav") and "Audit" not in anonymous_page.inner_text("nav")
+    anonymous_page.goto(console + "/users")
+    anonymous_page.wait_for_selector("#users-denied")
