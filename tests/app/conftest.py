@@ -33,14 +33,20 @@ def pipeline_process(redis_url):
 
 
 @pytest.fixture(scope="session")
-def web_url(redis_url):
+def web_server(redis_url):
+    """gunicorn with two workers serving the app: (url, master process)."""
     port = free_port()
     proc = _spawn([sys.executable, "-m", "gunicorn", "wsgi:server", "--config", "gunicorn.conf.py",
                    "--bind", f"127.0.0.1:{port}", "--workers", "2"], "web")
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: _http_ok(url + "/login"), 60, what="gunicorn serving the app")
-    yield url
+    yield url, proc
     stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def web_url(web_server):
+    return web_server[0]
 
 
 @pytest.fixture(scope="session")
