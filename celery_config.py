@@ -12,6 +12,13 @@ from core.settings import get_settings
 TASK_MODULES = [
     "workers.telemetry_tasks",
     "workers.metrics_tasks",
+    "workers.alert_tasks",
+    "workers.safety_tasks",
+    "workers.risk_tasks",
+    "workers.memory_tasks",
+    "workers.cache_tasks",
+    "workers.database_tasks",
+    "workers.kernel_tasks",
 ]
 
 
@@ -39,6 +46,19 @@ class CeleryConfig:
                              "options": {"expires": 2.0}},
         "metrics.collect": {"task": "metrics.collect", "schedule": _s.metrics_interval_s,
                             "options": {"expires": max(1.0, 2 * _s.metrics_interval_s)}},
+        "alerts.evaluate": {"task": "alerts.evaluate", "schedule": 2.0, "options": {"expires": 4.0}},
+        "safety.evaluate": {"task": "safety.evaluate", "schedule": _s.safety_interval_s,
+                            "options": {"expires": max(1.0, 2 * _s.safety_interval_s)}},
+        "risk.compute": {"task": "risk.compute", "schedule": _s.risk_interval_s,
+                         "options": {"expires": max(1.0, _s.risk_interval_s)}},
+        "memory.optimize": {"task": "memory.optimize", "schedule": _s.memory_optimize_interval_s,
+                            "options": {"expires": _s.memory_optimize_interval_s}},
+        "cache.optimize": {"task": "cache.optimize", "schedule": _s.cache_optimize_interval_s,
+                           "options": {"expires": _s.cache_optimize_interval_s}},
+        "database.analyze": {"task": "database.analyze", "schedule": _s.database_analyze_interval_s,
+                             "options": {"expires": _s.database_analyze_interval_s}},
+        "kernels.optimize": {"task": "kernels.optimize", "schedule": _s.kernels_optimize_interval_s,
+                             "options": {"expires": _s.kernels_optimize_interval_s}},
     }
 
 

@@ -20,15 +20,11 @@ import psutil
 import redis
 
 from core import schema
-from core.alerts import raise_alert
 from core.procs import console_processes
 from core.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-CPU_ALERT_PCT = 80.0
-MEM_ALERT_PCT = 80.0
-ALERT_DEDUPE_S = 60.0
 # Past this gap a delta is an average over minutes, not a current rate: report None instead.
 MAX_RATE_GAP_S = 120.0
 PREV_TTL_S = 600
@@ -234,16 +230,6 @@ def _close_minutes(client: redis.Redis, pipe, prev: dict | None, now: float) -> 
 
 
 # ---- collection and queries ----------------------------------------------------------
-def _raise_threshold_alerts(client: redis.Redis, sample: dict) -> None:
-    cpu, mem = sample["cpu_pct"], sample["mem_pct"]
-    if cpu is not None and cpu > CPU_ALERT_PCT:
-        raise_alert(client, "warning", "metrics", f"CPU at {cpu:.0f}% (threshold {CPU_ALERT_PCT:.0f}%)",
-                    ts=sample["t"], dedupe_key="metrics:cpu_high", dedupe_s=ALERT_DEDUPE_S)
-    if mem is not None and mem > MEM_ALERT_PCT:
-        raise_alert(client, "warning", "metrics", f"memory at {mem:.0f}% (threshold {MEM_ALERT_PCT:.0f}%)",
-                    ts=sample["t"], dedupe_key="metrics:mem_high", dedupe_s=ALERT_DEDUPE_S)
-
-
 def collect_sample(client: redis.Redis, now: float | None = None) -> dict:
     """Read psutil once, publish one sample (and any completed minute); return the sample.
 
@@ -262,7 +248,6 @@ def collect_sample(client: redis.Redis, now: float | None = None) -> dict:
     schema.add_to_series(pipe, schema.METRICS_SEC, now, schema.dumps(sample),
                          schema.SECOND_SERIES_RETENTION_S)
     pipe.execute()
-    _raise_threshold_alerts(client, sample)
     return sample
 
 

@@ -56,6 +56,7 @@ console:opt:history:<area>            stream   optimization runs (memory / cache
 console:opt:last:<area>               string   JSON result of the latest run of <area>
 console:db:findings                   string   JSON latest analyze_query findings per watched query
 console:lock:opt:<area>               string   SET NX EX lock of the <area> optimization task
+console:lock:cache:<key>              string   SET NX PX lock: the one process loading <key> from the database
 """
 from __future__ import annotations
 
@@ -118,6 +119,9 @@ METRICS_LOCK = NS + "lock:metrics"
 # ---- alerts, health, processes -------------------------------------------------------
 ALERTS = NS + "alerts"
 ALERT_COUNTS = NS + "alerts:counts"   # hash severity -> alerts raised (a Prometheus counter)
+ALERTING_STATE = NS + "alerting:state"     # hash rule -> JSON {state, since, value, fired_at, acked_by}
+ALERTING_HISTORY = NS + "alerting:history" # stream {rule, event, ts, severity, user, value}, capped
+ALERTING_LOCK = NS + "lock:alerting"
 PROCS = NS + "procs"
 
 

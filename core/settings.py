@@ -70,6 +70,13 @@ def _read(env: Mapping[str, str], name: str, parse: Callable[[str], object], def
     return value
 
 
+def _read_url(env: Mapping[str, str], name: str) -> str:
+    value = (env.get(name) or "").strip()
+    if value and not value.startswith(("http://", "https://")):
+        raise SettingsError(f"{name}={value!r}: must be an http:// or https:// URL")
+    return value
+
+
 def _read_secret(env: Mapping[str, str], name: str, min_len: int) -> str:
     value = (env.get(name) or "").strip()
     if value and len(value) < min_len:
@@ -106,6 +113,7 @@ class Settings:
     admin_password: str = field(default="", repr=False)   # first-start password of `admin`; "" = random
     secure_cookies: bool = False                           # set when served over HTTPS
     session_hours: float = 12.0
+    alert_webhook_url: str = ""                            # POST JSON on fire/resolve; "" = off
     # memory and cache management (issue 4)
     gc_threshold_pct: float = 70.0        # system memory % above which memory.optimize collects
     memory_threshold_pct: float = 80.0    # ... above which it also cleans caches and alerts
@@ -183,6 +191,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         admin_password=_read_secret(env, p + "ADMIN_PASSWORD", 8),
         secure_cookies=_read(env, p + "SECURE_COOKIES", _parse_bool, False),
         session_hours=_read(env, p + "SESSION_HOURS", _parse_float, 12.0, 0.1, 24.0 * 30),
+        alert_webhook_url=_read_url(env, p + "ALERT_WEBHOOK_URL"),
         **_memory_cache_settings(env, p),
         api_token=(env.get(p + "API_TOKEN") or "").strip(),
         guard_heartbeat_s=_read(env, p + "GUARD_HEARTBEAT", _parse_float, 2.0, 0.2, 60.0),

@@ -10,9 +10,7 @@ import psutil
 import pytest
 
 from core import schema
-from core.alerts import recent_alerts
-from core.metrics import (CPU_ALERT_PCT, MAX_RATE_GAP_S, SAMPLE_KEYS, _raise_threshold_alerts,
-                          aggregate_minute, build_sample, collect_sample, counter_rate,
+from core.metrics import (MAX_RATE_GAP_S, SAMPLE_KEYS, aggregate_minute, build_sample, collect_sample, counter_rate,
                           cpu_busy_pct, latest_metrics, metrics_series, process_cpu_pct)
 from core.procs import console_processes, register_process
 from tests.conftest import free_port
@@ -197,19 +195,6 @@ def test_metrics_series_rejects_a_bad_window(client, window):
 
 def test_latest_metrics_is_none_before_the_first_sample(client):
     assert latest_metrics(client) is None
-
-
-def test_cpu_and_memory_over_threshold_raise_one_deduplicated_warning_each(client):
-    sample = build_sample(_counters(T0, _times(0, 0, 0)), None, dict(GAUGES, mem_pct=91.0))
-    hot = dict(sample, cpu_pct=CPU_ALERT_PCT + 5)
-    for _ in range(3):
-        _raise_threshold_alerts(client, hot)
-    alerts = recent_alerts(client)
-    assert sorted(a["message"].split()[0] for a in alerts) == ["CPU", "memory"]
-    assert {a["severity"] for a in alerts} == {"warning"}
-    client.delete(schema.ALERTS)
-    _raise_threshold_alerts(client, dict(sample, cpu_pct=CPU_ALERT_PCT, mem_pct=80.0))
-    assert recent_alerts(client) == []                    # at the threshold is not over it
 
 
 # ---- process registry ----------------------------------------------------------------

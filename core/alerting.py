@@ -1,0 +1,191 @@
+"""Alert rules with "for" durations, as Prometheus alerting rules: a condition must hold for
+`for_s` seconds before the rule fires (pending -> firing), so a one-second spike never pages
+anyone; a firing rule resolves by itself when the condition clears, and an operator may
+acknowledge it (silences the toast, keeps it listed) or resolve it by hand.
+
+Rules read named measurements (`measure(client)` gathers them once per evaluation from what the
+workers wrote). Evaluation is pure given (rules, values, previous states, now): tests drive the
+clock. Each state change appends to a history stream and, on firing, raises an alert through
+the minimal channel (core.alerts), deduplicated by rule; resolutions are alerts of severity
+"info". State lives in Redis, so any worker may evaluate (one at a time, under a lock).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import redis
+
+from core import alerts, metrics, schema
+from core.settings import get_settings
+from core.telemetry import query
+
+OPS = {">": lambda v, t: v > t, "<": lambda v, t: v < t}
+STATES = ("ok", "pending", "firing")
+HISTORY_MAXLEN = 5000
+GiB = 1024**3
+
+
+@dataclass(frozen=True)
+class Rule:
+    """`metric op threshold` held for `for_s` seconds fires an alert of `severity`."""
+
+    name: str
+    metric: str
+    op: str
+    threshold: float
+    for_s: float
+    severity: str
+    summary: str
+
+    def __post_init__(self):
+        if self.op not in OPS:
+            raise ValueError(f"rule {self.name}: op must be one of {list(OPS)}")
+        if self.severity not in alerts.SEVERITIES:
+            raise ValueError(f"rule {self.name}: severity must be one of {alerts.SEVERITIES}")
+        if not (isinstance(self.threshold, (int, float)) and math.isfinite(self.threshold)):
+            raise ValueError(f"rule {self.name}: threshold must be a finite number")
+        if not (isinstance(self.for_s, (int, float)) and 0 <= self.for_s <= 86_400):
+            raise ValueError(f"rule {self.name}: for_s must be within 0..86400 seconds")
+
+
+def known_metrics(stages) -> set[str]:
+    """Measurement names rules may use (validated when a rule is built)."""
+    base = {"cpu_pct", "mem_pct", "console_rss_bytes", "throughput_ops_s"}
+    return base | {f"p99_over_threshold:{s}" for s in stages}
+
+
+def default_rules(settings=None) -> list[Rule]:
+    """The spec's rules: CPU and memory above 80 % (warning), a stage's p99 over its threshold
+    (critical), throughput under target (degraded), console memory over the 2 GB budget."""
+    settings = settings or get_settings()
+    rules = [
+        Rule("cpu_high", "cpu_pct", ">", 80.0, 60.0, "warning", "CPU above 80 %"),
+        Rule("memory_high", "mem_pct", ">", 80.0, 60.0, "warning", "memory above 80 %"),
+        Rule("console_memory_budget", "console_rss_bytes", ">", 2.0 * GiB, 60.0, "warning",
+             "console processes above the 2 GB memory budget"),
+        Rule("throughput_low", "throughput_ops_s", "<", 0.9 * settings.tick_rate, 30.0, "degraded",
+             f"throughput under 90 % of {settings.tick_rate:.0f} ticks/s"),
+    ]
+    rules += [Rule(f"latency_{stage}", f"p99_over_threshold:{stage}", ">", 1.0, 15.0, "critical",
+                   f"{stage} p99 over its {ms:g} ms threshold")
+              for stage, ms in settings.stage_thresholds_ms.items()]
+    return rules
+
+
+def validate_rules(rules: list[Rule], stages) -> None:
+    """An unknown metric is rejected when the rule is saved, not when it silently never fires."""
+    allowed = known_metrics(stages)
+    names = [r.name for r in rules]
+    if len(set(names)) != len(names):
+        raise ValueError("rule names must be unique")
+    for rule in rules:
+        if rule.metric not in allowed:
+            raise ValueError(f"rule {rule.name}: unknown metric {rule.metric!r}")
+
+
+def measure(client: redis.Redis, window_s: int = 10) -> dict[str, float | None]:
+    """Current values of every known metric (None when there is no data)."""
+    sample = metrics.latest_metrics(client) or {}
+    values: dict[str, float | None] = {k: sample.get(k) for k in ("cpu_pct", "mem_pct", "console_rss_bytes")}
+    stats = query.get_latency_statistics(client, window_s=window_s)
+    total = stats.get("total_pipeline") or {}
+    values["throughput_ops_s"] = total.get("ops_s") if total.get("count") else None
+    for stage, row in stats.items():
+        p99, limit = row.get("p99_us"), row.get("threshold_us")
+        values[f"p99_over_threshold:{stage}"] = p99 / limit if p99 is not None and limit else None
+    return values
+
+
+def step(rule: Rule, value: float | None, prev: dict | None, now: float) -> tuple[dict, str | None]:
+    """Next state of one rule and the event it produced ('pending', 'fired', 'resolved' or None).
+    No data holds the current state: a missing sample neither fires nor resolves a rule."""
+    prev = prev or {"state": "ok", "since": now}
+    if value is None:
+        return prev, None
+    active = OPS[rule.op](value, rule.threshold)
+    state = prev["state"]
+    if not active:
+        if state == "ok":
+            return prev, None
+        return {"state": "ok", "since": now, "value": value}, ("resolved" if state == "firing" else None)
+    if state == "ok":
+        state, since = ("firing", now) if rule.for_s == 0 else ("pending", now)
+        event = "fired" if state == "firing" else "pending"
+        return {"state": state, "since": since, "value": value}, event
+    if state == "pending" and now - prev["since"] >= rule.for_s:
+        return {**prev, "state": "firing", "value": value, "fired_at": now}, "fired"
+    return {**prev, "value": value}, None
+
+
+def _describe(rule: Rule, value: float) -> str:
+    shown = f"{value / GiB:.2f} GiB" if rule.metric == "console_rss_bytes" else f"{value:.3g}"
+    return f"{rule.summary} (now {shown}, {rule.op} {rule.threshold:g} for {rule.for_s:g} s)"
+
+
+def evaluate(client: redis.Redis, rules: list[Rule], values: dict, now: float | None = None) -> list[dict]:
+    """Advance every rule; persist states, history and alerts. Returns the events."""
+    now = time.time() if now is None else now
+    states = schema.read_json_hash(client, schema.ALERTING_STATE)
+    events, pipe = [], client.pipeline(transaction=False)
+    for rule in rules:
+        new, event = step(rule, values.get(rule.metric), states.get(rule.name), now)
+        pipe.hset(schema.ALERTING_STATE, rule.name, schema.dumps(new))
+        if event in ("fired", "resolved"):
+            events.append({"rule": rule.name, "event": event, "value": new.get("value"), "ts": now})
+            pipe.xadd(schema.ALERTING_HISTORY, {"rule": rule.name, "event": event, "ts": repr(now),
+                                                "severity": rule.severity, "user": "",
+                                                "value": repr(new.get("value"))},
+                      maxlen=HISTORY_MAXLEN, approximate=True)
+    pipe.execute()
+    for ev in events:
+        rule = next(r for r in rules if r.name == ev["rule"])
+        if ev["event"] == "fired":
+            alerts.raise_alert(client, rule.severity, f"rule:{rule.name}", _describe(rule, ev["value"]), ts=now)
+        else:
+            alerts.raise_alert(client, "info", f"rule:{rule.name}", f"resolved: {rule.summary}", ts=now)
+    return events
+
+
+def acknowledge(client: redis.Redis, rule_name: str, user: str, now: float | None = None) -> str:
+    """Mark a firing rule acknowledged; a message says what happened."""
+    return _operator_action(client, rule_name, user, "acknowledged", now)
+
+
+def resolve(client: redis.Redis, rule_name: str, user: str, now: float | None = None) -> str:
+    """Close a firing rule by hand; it fires again only after its condition holds anew for_s."""
+    return _operator_action(client, rule_name, user, "resolved", now)
+
+
+def _operator_action(client, rule_name: str, user: str, event: str, now: float | None) -> str:
+    now = time.time() if now is None else now
+    raw = client.hget(schema.ALERTING_STATE, rule_name)
+    state = schema.loads(raw) if raw else None
+    if not state or state.get("state") != "firing":
+        return f"{rule_name} is not firing: nothing to do"
+    if event == "acknowledged":
+        state.update(acked_by=user, acked_at=now)
+    else:
+        state = {"state": "ok", "since": now, "value": state.get("value")}
+    client.hset(schema.ALERTING_STATE, rule_name, schema.dumps(state))
+    client.xadd(schema.ALERTING_HISTORY, {"rule": rule_name, "event": event, "ts": repr(now),
+                                          "severity": "", "user": user, "value": ""},
+                maxlen=HISTORY_MAXLEN, approximate=True)
+    return f"{rule_name} {event} by {user}"
+
+
+def rule_states(client: redis.Redis, rules: list[Rule]) -> list[dict]:
+    """Every rule with its current state, for the Alerts page."""
+    states = schema.read_json_hash(client, schema.ALERTING_STATE)
+    return [{**asdict(rule), **(states.get(rule.name) or {"state": "ok"})} for rule in rules]
+
+
+def history(client: redis.Redis, limit: int = 200) -> list[dict]:
+    """State changes and operator actions, newest first."""
+    out = []
+    for entry_id, fields in client.xrevrange(schema.ALERTING_HISTORY, count=limit):
+        row = {k.decode(): v.decode() for k, v in fields.items()}
+        row["id"], row["ts"] = entry_id.decode(), float(row.get("ts") or 0)
+        out.append(row)
+    return out
