@@ -1,0 +1,60 @@
+"""Celery side of risk analytics: the `risk.compute` beat task.
+
+Thin: take the lock, call core.risk_manager.run_once, report. Beat schedules it every
+settings.risk_interval_s; a SET NX PX lock makes an overlapping run skip instead of
+computing the same figures twice (the result is overwritten anyway, so a rerun is harmless).
+"""
+from __future__ import annotations
+
+import logging
+import sqlite3
+import uuid
+
+import redis
+from celery.exceptions import SoftTimeLimitExceeded
+
+from celery_config import celery_app
+from core import history, risk_manager, schema
+from core.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+SOFT_TIME_LIMIT_S = 20
+LOCK_TTL_MS = (SOFT_TIME_LIMIT_S + 5) * 1000   # outlives a running computation
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+def _client() -> redis.Redis:
+    return schema.connect(get_settings().redis_url)
+
+
+@celery_app.task(name="risk.compute", soft_time_limit=SOFT_TIME_LIMIT_S, ignore_result=True)
+def compute() -> str:
+    """Recompute the portfolio's risk into schema.RISK_LATEST: "computed", "skipped" (another
+    run holds the lock) or "failed" (Redis or the database unavailable, or too slow)."""
+    settings = get_settings()
+    client = _client()
+    token = uuid.uuid4().hex
+    try:
+        if not client.set(schema.RISK_LOCK, token, nx=True, px=LOCK_TTL_MS):
+            return "skipped"
+        try:
+            conn = history.connect(settings.database_url)
+            try:
+                risk_manager.run_once(client, conn, settings)
+            finally:
+                conn.close()
+            return "computed"
+        finally:
+            client.eval(_RELEASE, 1, schema.RISK_LOCK, token)
+    except redis.RedisError as exc:
+        log.warning("risk.compute: Redis unavailable: %s", exc)
+        return "failed"
+    except (OSError, NotImplementedError, sqlite3.Error) as exc:
+        log.warning("risk.compute: history unavailable: %s", exc)
+        return "failed"
+    except SoftTimeLimitExceeded:
+        log.warning("risk.compute: over its soft time limit, result dropped")
+        return "failed"
+    finally:
+        client.close()
