@@ -11,8 +11,11 @@ State lives in memory for the hot path; `persist(client)` ships it to Redis in o
 Orders and fills waiting for Redis sit in bounded deques: while Redis is down the oldest are
 dropped (counted in `dropped`), so memory stays bounded and the order path never blocks.
 
-`TradingGate.allowed()` is the hook the order path consults before every order; it reads a
-cached state refreshed off the hot path from schema.TRADING_STATE and fails closed.
+`TradingGate.permits(reducing, liquidation)` is the hook the order path consults before every
+order (ACTIVE / REDUCING / HALTED); it reads a cached state refreshed off the hot path from
+schema.TRADING_STATE (core.trading_guard keeps it fresh and reacts to published transitions)
+and fails closed. An optional core.limits.LimitMonitor runs the pre-trade limit check; orders
+carry kind "strategy" or "liquidation" (the emergency stop's reduce-only orders).
 """
 from __future__ import annotations
 
@@ -30,35 +33,86 @@ PENDING_MAX = 20_000         # orders/fills kept for Redis while it is unreachab
 DAILY_KEEP = 5_000           # simulated days of P&L kept in PIPELINE_DAILY
 
 
+STATES = ("ACTIVE", "REDUCING", "HALTED")
+
+
 class TradingGate:
-    """Cached trading state. ACTIVE (or key absent: nobody halted trading) allows orders;
-    HALTED, any other value, a failed read, or a cache older than `max_age_s` blocks them."""
+    """Cached trading state, consulted by the order path before every order.
+
+    ACTIVE (or key absent: nobody halted trading) lets every order through; REDUCING only
+    risk-reducing ones; HALTED only the emergency stop's reduce-only liquidation orders.
+    A failed read ("UNKNOWN"), an unknown stored value (read as HALTED) or a cache older than
+    `max_age_s` (the heartbeat: nobody refreshed it, Redis unreachable) blocks strategy orders.
+    Listeners (`on_change(fn)`, fn(old, new)) run on the thread that saw the change: keep them
+    to setting flags.
+    """
 
     def __init__(self, max_age_s: float = 2.0, clock=time.monotonic):
         self.max_age_s = max_age_s
         self._clock = clock
         self._active = False
+        self._reducing = False
         self._checked = float("-inf")
         self.state = "UNKNOWN"
         self.last_error = ""
+        self._listeners: list = []
+        self._lock = threading.Lock()
 
     def allowed(self) -> bool:
+        """Any strategy order may pass (ACTIVE and fresh)."""
         return self._active and self._clock() - self._checked <= self.max_age_s
 
+    def permits(self, reducing: bool, liquidation: bool = False) -> bool:
+        """May this order pass? Liquidation orders (reduce-only, the emergency stop's) always
+        may: flattening is the safe direction even when the state is unknown."""
+        if liquidation:
+            return reducing
+        if self._clock() - self._checked > self.max_age_s:
+            return False
+        return self._active or (self._reducing and reducing)
+
+    def on_change(self, fn) -> None:
+        self._listeners.append(fn)
+
+    def apply(self, state: str) -> str:
+        """Set the state from a trusted fresh source (a read, a published transition)."""
+        value = state if state in STATES else "HALTED"
+        with self._lock:
+            old = self.state
+            self.state = value
+            self._active = value == "ACTIVE"
+            self._reducing = value == "REDUCING"
+            self._checked = self._clock()
+        if old != value:
+            self._notify(old, value)
+        return value
+
+    def fail(self, exc: object) -> str:
+        """Redis unreachable: block at once (fail closed)."""
+        with self._lock:
+            old = self.state
+            self._active = self._reducing = False
+            self.state, self.last_error = "UNKNOWN", str(exc)
+        if old != "UNKNOWN":           # log the transition, not every retry
+            log.warning("trading state unreadable (%s): orders blocked", exc)
+            self._notify(old, "UNKNOWN")
+        return self.state
+
+    def _notify(self, old: str, new: str) -> None:
+        for fn in list(self._listeners):
+            try:
+                fn(old, new)
+            except Exception:  # a listener must never break the gate
+                log.exception("trading gate listener %r failed", fn)
+
     def refresh(self, client) -> str:
-        """Read the state from Redis; returns "ACTIVE", "HALTED" or "UNKNOWN" (read failed)."""
+        """Read the state from Redis; returns ACTIVE, REDUCING, HALTED or UNKNOWN (read failed)."""
         try:
             raw = client.get(schema.TRADING_STATE)
         except Exception as exc:  # any client failure means "unknown": fail closed
-            if self.state != "UNKNOWN":           # log the transition, not every retry
-                log.warning("trading state unreadable (%s): orders blocked", exc)
-            self._active, self.state, self.last_error = False, "UNKNOWN", str(exc)
-            return self.state
+            return self.fail(exc)
         value = "ACTIVE" if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
-        self.state = value if value in ("ACTIVE", "HALTED") else "HALTED"
-        self._active = self.state == "ACTIVE"
-        self._checked = self._clock()
-        return self.state
+        return self.apply(value)
 
 
 @dataclass
@@ -93,12 +147,13 @@ class PaperBroker:
     """In-memory paper account; thread-safe between the hot path and the persister."""
 
     def __init__(self, symbols, initial_cash: float, gate: TradingGate | None = None,
-                 clock=time.time):
+                 clock=time.time, limits=None):
         if not initial_cash > 0:
             raise ValueError(f"initial_cash must be > 0, got {initial_cash!r}")
         self.symbols = list(symbols)
         self.initial_cash = float(initial_cash)
         self.gate = gate
+        self.limits = limits          # a core.limits.LimitMonitor, or None: no pre-trade limits
         self._clock = clock
         self._lock = threading.Lock()
         self.cash = self.initial_cash
@@ -109,6 +164,9 @@ class PaperBroker:
         self.orders_total = 0
         self.fills_total = 0
         self.rejected_total = 0
+        self.limit_rejects = 0
+        self.last_reject = ""
+        self.liquidation_orders = 0
         self.day_start_equity = self.initial_cash
         self.sim_day = 0
         self.last_daily_pnl = 0.0
@@ -127,20 +185,40 @@ class PaperBroker:
         return self._pos_by_idx[sym].qty
 
     def submit(self, sym: int, side: int, qty: float, bid: float, ask: float,
-               sim_day: int = 0) -> tuple | None:
+               sim_day: int = 0, liquidation: bool = False) -> tuple | None:
         """Market order for symbol index `sym`; fills now at ask (buy) / bid (sell).
-        Returns (order_id, fill_price) or None when the gate blocks it or the input is bad."""
+        Returns (order_id, fill_price) or None when the gate or a limit blocks it or the input
+        is bad. `liquidation=True` marks the emergency stop's reduce-only orders: they pass a
+        HALTED gate, and are refused unless they reduce the position without crossing zero."""
         if side not in (1, -1) or not qty > 0 or not (0 < bid <= ask):
             self.rejected_total += 1
             return None
-        if self.gate is not None and not self.gate.allowed():
+        pos = self._pos_by_idx[sym]
+        held = pos.qty
+        reducing = held != 0 and (held > 0) != (side > 0) and qty <= abs(held) * (1 + 1e-12)
+        if self.gate is not None and not self.gate.permits(reducing, liquidation):
             self.rejected_total += 1
+            self.last_reject = "TRADING_STATE"
+            return None
+        if liquidation and not reducing:
+            self.rejected_total += 1
+            self.last_reject = "NOT_REDUCE_ONLY"
             return None
         price = ask if side == 1 else bid
-        pos = self._pos_by_idx[sym]
+        if self.limits is not None and not reducing:
+            gross, net = self.exposure()
+            ok, reason = self.limits.check_order(held, side * qty, price, gross, net,
+                                                 self.cash + net, self.day_start_equity)
+            if not ok:
+                self.rejected_total += 1
+                self.limit_rejects += 1
+                self.last_reject = reason
+                return None
         now = self._clock()
         with self._lock:
             self.orders_total += 1
+            if liquidation:
+                self.liquidation_orders += 1
             oid = self.orders_total
             self.realized_pnl += pos.apply(side, qty, price)
             pos.last_price = (bid + ask) * 0.5
@@ -148,7 +226,8 @@ class PaperBroker:
             self.cash -= side * qty * price
             self.fills_total += 1
             self._queue(self._orders, {"id": oid, "symbol": pos.symbol, "side": side, "qty": qty,
-                                       "type": "market", "ts": now, "day": sim_day})
+                                       "type": "market", "ts": now, "day": sim_day,
+                                       "kind": "liquidation" if liquidation else "strategy"})
             self._queue(self._fills, {"order_id": oid, "symbol": pos.symbol, "side": side,
                                       "qty": qty, "price": price, "ts": now, "day": sim_day})
         return oid, price
@@ -159,7 +238,34 @@ class PaperBroker:
         self._seq += 1
         q.append((self._seq, fields))
 
+    def cancel_open_orders(self) -> int:
+        """Cancel resting orders. The paper broker fills market orders at once, so none ever
+        rest: returns 0 (the call is in the halt sequence for brokers that do keep orders)."""
+        return 0
+
+    def flat(self) -> bool:
+        return not any(p.qty for p in self._pos_by_idx)
+
+    def open_positions(self) -> dict[str, float]:
+        """symbol -> qty of every non-zero position."""
+        return {p.symbol: p.qty for p in self._pos_by_idx if p.qty}
+
     # ---- valuation -----------------------------------------------------------------------
+    def exposure(self) -> tuple[float, float]:
+        """(gross, net) exposure at the marks: sum |qty x price|, sum qty x price."""
+        gross = net = 0.0
+        for i, p in enumerate(self._pos_by_idx):
+            if p.qty:
+                v = p.qty * self._price(i)
+                net += v
+                gross += abs(v)
+        return gross, net
+
+    def exposures(self) -> dict[str, float]:
+        """symbol -> qty x mark price, every symbol (zero when flat)."""
+        return {p.symbol: p.qty * self._price(i) if p.qty else 0.0
+                for i, p in enumerate(self._pos_by_idx)}
+
     def _price(self, i: int) -> float:
         return self._mid[i] or self._pos_by_idx[i].last_price or self._pos_by_idx[i].avg_price
 
@@ -179,6 +285,7 @@ class PaperBroker:
                 "unrealized_pnl": self.unrealized_pnl(), "equity": equity,
                 "initial_cash": self.initial_cash, "orders_total": self.orders_total,
                 "fills_total": self.fills_total, "rejected_total": self.rejected_total,
+                "limit_rejects": self.limit_rejects, "liquidation_orders": self.liquidation_orders,
                 "day_start_equity": self.day_start_equity,
                 "daily_pnl": equity - self.day_start_equity, "sim_day": self.sim_day,
                 "dropped": self.dropped, "ts": self._clock()}
