@@ -4,10 +4,12 @@
     POST /api/trading/resume   JSON {"reason": str} or none -> 200 {"state", "changed", "message"}
     GET  /api/trading/state                                 -> 200 {"state", "last_transition"}
 
-Every call needs `Authorization: Bearer <token>` with the operator token CONSOLE_API_TOKEN
-(compared in constant time). With no token configured every call answers 401 and says so.
-401 without a valid token, 400 on a malformed body, 503 when Redis cannot be reached; never
-a 500 for a bad request. Resume when not halted is a no-op (200, changed false, a message).
+Every call needs `Authorization: Bearer <token>`: either CONSOLE_API_TOKEN (an operator's
+token, compared in constant time, usable even when Redis is down) or a per-user token issued on
+the Users page, which acts with that user's current role. Halt and resume need operator, state
+needs viewer. 401 without a valid token, 403 when the role is too low, 400 on a malformed body,
+503 when Redis cannot be reached; never a 500 for a bad request. Resume when not halted is a
+no-op (200, changed false, a message).
 """
 from __future__ import annotations
 
@@ -18,13 +20,13 @@ import redis
 from flask import Flask, jsonify, request
 
 from app import data
-from core import emergency, safety
+from core import emergency, safety, users
 from core.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 16 * 1024
-API_USER = "api-token"     # the token is one operator's; the security issue adds per-user tokens
+ENV_TOKEN_USER = "api-token"   # who acts when CONSOLE_API_TOKEN is used (an operator)
 
 
 def _error(status: int, message: str):
@@ -35,18 +37,26 @@ def _error(status: int, message: str):
     return resp
 
 
-def _unauthorized():
-    """None when the request carries the operator token, else the 401 response."""
+def _caller(needed: str):
+    """(username, None) for a valid token whose role is at least `needed`, else (None, error)."""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    given = given.strip()
     expected = get_settings().api_token
-    if not expected:
-        return _error(401, "API token not configured: set CONSOLE_API_TOKEN to enable the API")
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
-        return _error(401, "missing bearer token (Authorization: Bearer <token>)")
-    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
-        return _error(401, "invalid token")
-    return None
+    hint = "" if expected else (" (CONSOLE_API_TOKEN is not configured; per-user tokens come from "
+                                "the Users page)")
+    if scheme.lower() != "bearer" or not given:
+        return None, _error(401, "missing bearer token (Authorization: Bearer <token>)" + hint)
+    if expected and hmac.compare_digest(given.encode(), expected.encode()):
+        return ENV_TOKEN_USER, (None if users.has_role("operator", needed) else _error(403, "forbidden"))
+    try:
+        user = users.user_for_token(data.client(), given)
+    except redis.RedisError as exc:
+        return None, _error(503, f"Redis unavailable, token not checked: {exc}")
+    if user is None:
+        return None, _error(401, "invalid token" + hint)
+    if not users.has_role(user["role"], needed):
+        return None, _error(403, f"this call needs the {needed} role; the token's user is {user['role']}")
+    return user["username"], None
 
 
 def _body(required: bool):
@@ -74,14 +84,14 @@ def register(server: Flask) -> None:
 
     @server.post("/api/trading/halt")
     def api_halt():
-        denied = _unauthorized()
+        caller, denied = _caller("operator")
         if denied is not None:
             return denied
         body, bad = _body(required=True)
         if bad is not None:
             return bad
         try:
-            result = emergency.emergency_stop(data.client(), body["reason"], API_USER, "api")
+            result = emergency.emergency_stop(data.client(), body["reason"], caller, "api")
         except redis.RedisError as exc:
             log.error("halt via API failed: Redis unavailable: %s", exc)
             return _error(503, f"Redis unavailable, trading state not changed: {exc}")
@@ -91,14 +101,14 @@ def register(server: Flask) -> None:
 
     @server.post("/api/trading/resume")
     def api_resume():
-        denied = _unauthorized()
+        caller, denied = _caller("operator")
         if denied is not None:
             return denied
         body, bad = _body(required=False)
         if bad is not None:
             return bad
         try:
-            result = emergency.resume_trading(data.client(), API_USER, "api",
+            result = emergency.resume_trading(data.client(), caller, "api",
                                               body.get("reason") or "resumed via API")
         except redis.RedisError as exc:
             return _error(503, f"Redis unavailable: {exc}")
@@ -107,7 +117,7 @@ def register(server: Flask) -> None:
 
     @server.get("/api/trading/state")
     def api_state():
-        denied = _unauthorized()
+        _caller_name, denied = _caller("viewer")
         if denied is not None:
             return denied
         try:

@@ -25,7 +25,7 @@ import redis
 
 from app import data
 from core import schema, users
-from core.emergency import write_audit
+from core.audit import write_audit
 from core.settings import get_settings
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from dash import ALL, Input, Output, State, callback, html, no_update
 from app import auth, data
 from app.components.kpi import severity_color
 from core import alerting, alerts
-from core.emergency import write_audit
+from core.audit import write_audit
 
 dash.register_page(__name__, path="/alerts", name="Alerts", order=5)
 

@@ -8,7 +8,7 @@ import dash_bootstrap_components as dbc
 from dash import Input, Output, callback, dcc, html
 
 from app import auth, data
-from core.emergency import recent_audit
+from core.audit import recent_audit
 
 dash.register_page(__name__, path="/audit", name="Audit", order=91, min_role="admin")
 

@@ -9,7 +9,7 @@ from dash import Input, Output, State, callback, html, no_update
 
 from app import auth, data
 from core import users
-from core.emergency import write_audit
+from core.audit import write_audit
 
 dash.register_page(__name__, path="/users", name="Users", order=90, min_role="admin")
 

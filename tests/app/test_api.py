@@ -107,3 +107,20 @@ def test_a_short_api_token_is_refused_at_start_up_without_showing_it():
         load_settings({"CONSOLE_API_TOKEN": "short"})
     assert "short" not in str(err.value)
     assert load_settings({"CONSOLE_API_TOKEN": "x" * 16}).api_token == "x" * 16
+
+
+def test_per_user_tokens_act_with_their_users_role_and_name(http, store):
+    from core import users
+    users.create_user(store, "watcher", "watcher-password", "viewer")
+    users.create_user(store, "oscar", "oscar-password", "operator")
+    viewer = {"Authorization": f"Bearer {users.issue_api_token(store, 'watcher')}"}
+    operator = {"Authorization": f"Bearer {users.issue_api_token(store, 'oscar')}"}
+    assert http.get("/api/trading/state", headers=viewer).status_code == 200
+    r = http.post("/api/trading/halt", json={"reason": "viewer tries"}, headers=viewer)
+    assert r.status_code == 403 and "operator" in r.get_json()["error"]
+    assert store.get(schema.TRADING_STATE) is None
+    r = http.post("/api/trading/halt", json={"reason": "oscar halts"}, headers=operator)
+    assert r.status_code == 200 and safety.read_state(store) == safety.HALTED
+    assert any(e["user"] == "oscar" for e in emergency.recent_audit(store, 5))
+    users.update_user(store, "oscar", role="viewer")          # demoted: the token follows the role
+    assert http.post("/api/trading/resume", headers=operator).status_code == 403

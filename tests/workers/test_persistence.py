@@ -7,7 +7,7 @@ import time
 import pytest
 
 from core import redis_server, schema, users
-from core.emergency import recent_audit, write_audit
+from core.audit import recent_audit, write_audit
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.timeout(60)
