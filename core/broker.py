@@ -319,7 +319,9 @@ class PaperBroker:
                     for p in self._pos_by_idx]
             orders, fills, daily = list(self._orders), list(self._fills), list(self._daily)
         positions = {r[0]: schema.dumps(asdict(Position(*r))) for r in rows}
-        pipe = client.pipeline(transaction=False)
+        # MULTI/EXEC: readers (risk, liquidation snapshots) never see the account of one
+        # snapshot beside the positions of another
+        pipe = client.pipeline(transaction=True)
         pipe.hset(schema.BROKER_ACCOUNT, mapping={k: str(v) for k, v in account.items()})
         if positions:
             pipe.hset(schema.BROKER_POSITIONS, mapping=positions)
