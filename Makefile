@@ -10,7 +10,7 @@ export PYTHONPATH := $(CURDIR)
 PORT ?= 8050
 export PORT
 
-.PHONY: run test bench setup clean assets
+.PHONY: run test bench setup clean assets model
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,11 @@ $(STAMP): requirements.txt
 	$(BIN)/pip install --quiet --no-build-isolation -r requirements.txt
 	touch $(STAMP)
 
-setup: $(STAMP) assets
+setup: $(STAMP) assets model
+
+# The signal model (ONNX) is trained here on simulated ticks, never downloaded; a few seconds.
+model: $(STAMP)
+	$(BIN)/python -m scripts.train_model --if-missing
 
 # Bootstrap 5.3 CSS comes from the installed xstatic-bootstrap package, never from a CDN.
 assets: $(STAMP)

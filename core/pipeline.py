@@ -12,12 +12,18 @@ Features (per symbol, rolling window of its last WINDOW tick log returns, O(1) p
   FEATURE_NAMES = (last return, rolling mean, z-score of the last return, book imbalance)
 Model: linear least squares of the symbol's next log return on [1, features], fitted at start
 on ticks from the same market model (its own random stream). It recovers the simulator's
-embedded imbalance effect (core/market.py). Signal: go long one lot when the expected return
+embedded imbalance effect (core/market.py), and scores ticks only when the ONNX signal model
+(core/model.py, settings.model_path) cannot load; otherwise model_inference is one ONNX
+Runtime call per tick through an IO binding (~3 us), with the same model as Python arithmetic
+as the fallback if a run fails (Pipeline.backend_failures -> an alert from the runner). The
+per-tick features stay O(1) Python: the batch kernels (core/kernels) compute the same features
+for training and evaluation (tests/core/test_kernels.py checks they agree). Signal: go long one lot when the expected return
 beats ENTRY_COST_MULT x the half spread, short when below minus that, otherwise hold.
 """
 from __future__ import annotations
 
 import datetime as dt
+from collections import deque
 import math
 import threading
 import time
@@ -38,6 +44,7 @@ FIT_ROUNDS = 3000
 BLOCK_TICKS = 2048
 LATE_NS = 1_000_000               # a tick that starts more than 1 ms after schedule is "late"
 MAX_BEHIND_S = 2.0                # further behind than this, the feed skips ahead (counted)
+OUTCOMES_KEEP = 20_000           # (prediction, realized) pairs held for the runner
 
 
 class FeatureState:
@@ -103,12 +110,18 @@ class Pipeline:
     when the pipeline was built (one bool test per tick instead of a dict lookup per event)."""
 
     def __init__(self, model: FactorModel, broker: PaperBroker, bus: EventBus, weights,
-                 first_day: int = 0, first_date: dt.date | None = None, record=None):
+                 first_day: int = 0, first_date: dt.date | None = None, record=None,
+                 predictor=None, predictor_name: str = "onnx"):
         w = [float(x) for x in weights]
         if len(w) != len(FEATURE_NAMES) + 1 or not all(map(math.isfinite, w)):
             raise ValueError(f"weights must be {len(FEATURE_NAMES) + 1} finite numbers")
         self.model, self.broker, self.bus = model, broker, bus
         self._w = w
+        # model_inference: `predictor(features) -> expected return` (the ONNX signal model,
+        # core.model.SignalModel.tick_predictor); when it raises, the tick is scored by the
+        # fallback and the failure queued for the runner to alert on (no I/O on this thread)
+        self.backend_failures: deque = deque(maxlen=100)
+        self.set_predictor(predictor, predictor_name)
         self._record = telemetry.record if record is None else record
         self._states = [FeatureState() for _ in range(model.n)]
         self._lots = [0.0] * model.n          # sized from each symbol's first live price
@@ -116,7 +129,14 @@ class Pipeline:
         self.sim_date = first_date or dt.date.today()
         self.ticks_total = 0
         self.orders_total = 0
+        # the emergency stop's paced reduce-only flattening (core.emergency.Liquidator), armed
+        # from the trading guard's thread; it trades at live quotes, on this order path
+        self.liquidator = None
         self.late_ticks = 0
+        # (prediction, realized next log return) pairs for model risk; the runner drains them
+        # off the hot path (a deque's append / popleft are thread-safe); bounded if it doesn't
+        self.outcomes: deque = deque(maxlen=OUTCOMES_KEEP)
+        self._last_pred: list = [None] * model.n
         self._emit_features = bus.has_subscribers(Features)
         self._emit_signal = bus.has_subscribers(Signal)
         self._emit_orders = bus.has_subscribers(Order) or bus.has_subscribers(Fill)
@@ -131,15 +151,24 @@ class Pipeline:
         self.ticks_total += 1
         feats = self._states[t.sym].update(t.mid, t.imbalance)
         self.broker.mark(t.sym, t.mid)
+        liq = self.liquidator
+        if liq is not None and liq.active:
+            liq.on_quote(t.sym, t.bid, t.ask, self.sim_day)
         t1 = perf_counter_ns()
         rec("data_processing", t1 - start)
         if feats is not None:
             if self._emit_features:
                 self.bus.publish(Features(t.sym, feats, t.sched_ns))
-            w = self._w
-            expected = w[0] + w[1] * feats[0] + w[2] * feats[1] + w[3] * feats[2] + w[4] * feats[3]
+            try:
+                expected = self._predict(feats)
+            except Exception as exc:   # a failing backend: fall back, never stop the pipeline
+                expected = self._model_failed(feats, exc)
             t2 = perf_counter_ns()
             rec("model_inference", t2 - t1)
+            prev = self._last_pred[t.sym]    # model risk: (prediction, what happened next)
+            if prev is not None:
+                self.outcomes.append((prev, feats[0]))
+            self._last_pred[t.sym] = expected
             delta = self._decide(t, expected)
             t3 = perf_counter_ns()
             rec("signal_generation", t3 - t2)
@@ -148,6 +177,23 @@ class Pipeline:
                 rec("order_execution", perf_counter_ns() - t3)
         rec("total_pipeline", perf_counter_ns() - t.sched_ns)
         self._accumulate_bar(t)
+
+    # ---- the model backend -------------------------------------------------------------
+    def _linear(self, f) -> float:
+        w = self._w
+        return w[0] + w[1] * f[0] + w[2] * f[1] + w[3] * f[2] + w[4] * f[3]
+
+    def set_predictor(self, predictor=None, name: str = "onnx", fallback=None,
+                      fallback_name: str = "linear") -> None:
+        """Swap the model backend (attribute stores are atomic: safe from another thread)."""
+        self._fallback, self.fallback_name = fallback or self._linear, fallback_name
+        self._predict = predictor or self._linear
+        self.model_backend = name if predictor is not None else "linear"
+
+    def _model_failed(self, feats, exc: BaseException) -> float:
+        self.backend_failures.append((time.time(), "model_inference", self.model_backend, repr(exc)[:300]))
+        self._predict, self.model_backend = self._fallback, self.fallback_name
+        return self._predict(feats)
 
     def _decide(self, t: Tick, expected: float) -> float:
         """Order quantity (signed) to reach the target position; 0 when holding."""
@@ -169,6 +215,11 @@ class Pipeline:
         return lot
 
     def _execute(self, t: Tick, delta: float) -> None:
+        gate = self.broker.gate
+        if gate is not None and gate.state == "REDUCING":
+            held = self.broker.position_qty(t.sym)
+            if held * (held + delta) < 0:   # a flip would be refused: only close the position
+                delta = -held
         side = 1 if delta > 0 else -1
         done = self.broker.submit(t.sym, side, abs(delta), t.bid, t.ask, self.sim_day)
         if done is None:

@@ -126,7 +126,7 @@ class Settings:
     cache_optimize_interval_s: float = 60.0
     database_analyze_interval_s: float = 300.0
     # safety (issue 5 part B)
-    api_token: str = ""                   # CONSOLE_API_TOKEN; empty: the HTTP API answers 401
+    api_token: str = field(default="", repr=False)   # CONSOLE_API_TOKEN (>= 16 chars); "" = API answers 401
     guard_heartbeat_s: float = 2.0        # trading guard blocks orders after this long without Redis
     safety_interval_s: float = 1.0        # SafetyController rule evaluation period
     # risk analytics (issue 5 part A)
@@ -193,7 +193,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         session_hours=_read(env, p + "SESSION_HOURS", _parse_float, 12.0, 0.1, 24.0 * 30),
         alert_webhook_url=_read_url(env, p + "ALERT_WEBHOOK_URL"),
         **_memory_cache_settings(env, p),
-        api_token=(env.get(p + "API_TOKEN") or "").strip(),
+        api_token=_read_secret(env, p + "API_TOKEN", 16),
         guard_heartbeat_s=_read(env, p + "GUARD_HEARTBEAT", _parse_float, 2.0, 0.2, 60.0),
         safety_interval_s=_read(env, p + "SAFETY_INTERVAL", _parse_float, 1.0, 0.2, 60.0),
         risk_interval_s=_read(env, p + "RISK_INTERVAL", _parse_float, 5.0, 1.0, 3600.0),

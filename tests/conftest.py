@@ -31,7 +31,7 @@ os.environ.setdefault("CONSOLE_BACKFILL_DAYS", "60")
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 ADMIN_PASSWORD = "test-admin-password"
 os.environ["CONSOLE_ADMIN_PASSWORD"] = ADMIN_PASSWORD
-API_TOKEN = "test-api-token"          # the operator token of the HTTP API (app/api.py)
+API_TOKEN = "test-api-token-0123456789"   # the operator token of the HTTP API (app/api.py)
 os.environ["CONSOLE_API_TOKEN"] = API_TOKEN
 os.environ.setdefault("NUMBA_CACHE_DIR", str(_TMP / "var" / "numba"))
 

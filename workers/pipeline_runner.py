@@ -32,11 +32,16 @@ import time
 
 import redis
 
-from core import history, procs, schema
+from core import history, procs, safety, schema
 from core.broker import PaperBroker, TradingGate
+from core.emergency import Liquidator, write_audit
+from core.limits import LimitConfig, LimitMonitor
+from core.trading_guard import TradingGuard
 from core.events import DayClose, EventBus, Fill, Tick
 from core.market import INDEX_SYMBOL, FactorModel, MarketSimulator
+from core.model import ModelRuntime
 from core.pipeline import Feed, Pipeline, fit_model
+from core.risk_manager import ship_outcomes
 from core.settings import Settings, get_settings
 
 log = logging.getLogger("pipeline")
@@ -61,8 +66,13 @@ class Runner:
         prices = [closes.get(s) or p for s, p in zip(self.model.symbols, self.model.start_price)]
         self.sim = MarketSimulator(self.model, settings.seed + last_day, start_prices=prices,
                                    start_index=closes.get(INDEX_SYMBOL))
-        self.gate = TradingGate(max_age_s=2.0)
-        self.broker = PaperBroker(self.model.symbols, settings.initial_cash, gate=self.gate)
+        self.gate = TradingGate(max_age_s=settings.guard_heartbeat_s)
+        self.limits = LimitMonitor(LimitConfig().scaled(settings.initial_cash))
+        self.broker = PaperBroker(self.model.symbols, settings.initial_cash, gate=self.gate,
+                                  limits=self.limits)
+        self.liquidator = Liquidator(self.broker)
+        self.gate.on_change(self._on_state)
+        self.guard: TradingGuard | None = None
         self.bus = EventBus()
         self.bus.subscribe(DayClose, self._store_day, name="history_writer", mode="async")
         self.bus.subscribe(Fill, self._on_fill, name="fill_monitor", mode="async")
@@ -72,6 +82,15 @@ class Runner:
         self.pipeline = Pipeline(self.model, self.broker, self.bus, weights,
                                  first_day=last_day + 1,
                                  first_date=history.next_business_day(last_date))
+        # the ONNX signal model from settings.model_path; if it cannot load, the linear fit
+        # above scores ticks and an alert says why (ModelRuntime.io)
+        self.model_rt = ModelRuntime(settings)
+        self.model_rt.attach(self.pipeline, 1.0 / (settings.tick_rate * settings.sim_day_seconds))
+        if self.model_rt.error:
+            log.error("signal model: %s; using the linear fit", self.model_rt.error)
+        else:
+            log.info("signal model loaded from %s", settings.model_path)
+        self.pipeline.liquidator = self.liquidator
         self.bus.subscribe(Tick, self.pipeline.on_tick, name="pipeline", mode="sync")
         self.feed = Feed(self.sim, self.bus, settings.tick_rate, settings.sim_day_seconds,
                          on_day_end=self.pipeline.close_day)
@@ -105,15 +124,51 @@ class Runner:
                       "persistence backlog bounded", exc)
         self.redis_ok = ok
 
+    # ---- safety: halt reaction, liquidation, limits, rules ---------------------------------
+    def _on_state(self, old: str, new: str) -> None:
+        """Gate listener (guard thread or io thread): arm or disarm the liquidation; no I/O."""
+        if new == "HALTED" and self.loaded:
+            self.liquidator.start()
+        elif new in ("ACTIVE", "REDUCING") and self.liquidator.active:
+            self.liquidator.stop()
+            log.warning("trading %s before the book was flat: liquidation stopped", new)
+        if new != old:
+            log.warning("trading state %s -> %s", old, new)
+
+    def _liquidation_io(self) -> None:
+        """Arm the liquidation when HALTED with an open book (a restart while halted, a
+        repeated halt); audit a finished one."""
+        if self.gate.state == "HALTED" and not self.liquidator.active and not self.broker.flat():
+            self.liquidator.start()
+        report = self.liquidator.report()
+        if report is not None:
+            write_audit(self.client, "liquidation", "pipeline", "pipeline",
+                        f"{len(report['orders'])} positions closed in {report['duration_ms']:.0f} ms",
+                        report, ts=report["done_at"])
+            log.warning("liquidation done: %d orders in %.0f ms", len(report["orders"]),
+                        report["duration_ms"])
+
+    def _safety_once(self) -> None:
+        """The rules, here in the trading process too: they fire with the worker down."""
+        try:
+            self.limits.write_status(self.client, self.broker.exposures(), self.broker.equity(),
+                                     self.broker.day_start_equity)
+            safety.evaluate_once(self.client)
+        except redis.RedisError as exc:
+            self._redis(False, exc)
+        except Exception:  # a rule bug must not stop the runner's other edges
+            log.exception("safety evaluation failed")
+
     def _io_once(self) -> None:
         """Load state once, refresh the trading gate, persist the broker. Runs in a thread."""
         try:
             if not self.loaded:
                 if self.broker.load(self.client):
                     log.info("broker state restored from Redis: %s", self.broker.account())
-                self.client.set(schema.TRADING_STATE, "ACTIVE", nx=True)
+                self.client.set(schema.TRADING_STATE, "ACTIVE", nx=True)   # never over HALTED
                 self.loaded = True
             if self.gate.refresh(self.client) != "UNKNOWN":
+                self._liquidation_io()
                 self.broker.persist(self.client)
             self._redis(self.gate.state != "UNKNOWN", self.gate.last_error)
         except redis.RedisError as exc:
@@ -129,8 +184,12 @@ class Runner:
                 "sim_time": self.feed.sim_time, "equity": acc["equity"], "cash": acc["cash"],
                 "realized_pnl": acc["realized_pnl"], "unrealized_pnl": acc["unrealized_pnl"],
                 "daily_pnl": acc["daily_pnl"], "trading_state": self.gate.state,
+                "limit_rejects": acc["limit_rejects"], "last_reject": self.broker.last_reject,
+                "liquidation_orders": acc["liquidation_orders"],
+                "liquidating": self.liquidator.active,
                 "redis_backlog": self.broker.pending(), "dropped": acc["dropped"],
-                "last_fill_ts": self.last_fill_ts, "fill_notional": self.fill_notional}
+                "last_fill_ts": self.last_fill_ts, "fill_notional": self.fill_notional,
+                **self.model_rt.status(self.pipeline)}
 
     def _status_once(self) -> None:
         self._status_calls += 1
@@ -138,7 +197,10 @@ class Runner:
             procs.register_process(self.client, "pipeline")
         try:
             self._read_control()
+            self.model_rt.io(self.client, self.pipeline,   # alerts, selection: off the hot path
+                             live_dt_days=1.0 / (self.feed.tick_rate * self.feed.sim_day_seconds))
             pipe = self.client.pipeline(transaction=False)
+            ship_outcomes(pipe, self.pipeline.outcomes)   # model-risk pairs; before the snapshot
             pipe.set(schema.heartbeat("pipeline"), f"{time.time():.3f}",
                      ex=int(self.settings.heartbeat_stale_s * 6))
             pipe.set(schema.PIPELINE_STATUS, schema.dumps(self._status()))
@@ -177,6 +239,9 @@ class Runner:
         flusher = start_flusher("pipeline", self.settings.redis_url)
         await self.bus.start()
         await asyncio.to_thread(self._io_once)
+        # after the first load: a liquidation armed by the guard must see the restored book
+        self.guard = await asyncio.to_thread(
+            TradingGuard(self.settings.redis_url, self.settings.guard_heartbeat_s, gate=self.gate).start)
         gc.collect()
         gc.freeze()
         sys.setswitchinterval(SWITCH_INTERVAL_S)
@@ -185,11 +250,14 @@ class Runner:
                  self.model.n, self.feed.tick_rate, self.settings.sim_day_seconds,
                  self.settings.redis_url)
         tasks = [loop.create_task(self._every(PERSIST_EVERY_S, self._io_once)),
-                 loop.create_task(self._every(STATUS_EVERY_S, self._status_once))]
+                 loop.create_task(self._every(STATUS_EVERY_S, self._status_once)),
+                 loop.create_task(self._every(self.settings.safety_interval_s, self._safety_once))]
         await self.stopping.wait()
         started = time.monotonic()
         log.info("stopping: flushing state")
         self.feed.stop(timeout_s=1.0)
+        if self.guard is not None:
+            self.guard.stop(timeout_s=0.5)
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.bus.drain(timeout_s=1.0)
         await self.bus.stop()

@@ -8,7 +8,7 @@ import numpy as np
 from dash import Input, Output, callback, dcc, html
 
 from app import data
-from app.components import charts
+from app.components import charts, kernels_table
 from core import schema
 from core.settings import DEFAULT_STAGE_THRESHOLDS_MS
 from core.telemetry import query
@@ -42,6 +42,8 @@ def layout(**_kwargs):
         html.Div(id="latency-table"),
         html.H5("Event bus handlers", className="mt-3"),
         html.Div(id="latency-bus-table"),
+        html.H5("Compute kernels: the spec's benchmark table, re-measured on this machine", className="mt-3"),
+        html.Div(id="latency-kernels"),
     ])
 
 
@@ -187,3 +189,12 @@ def _bus_table(bus: dict):
                      html.Td(s.get("errors")), html.Td(s.get("last_error") or "")])
             for name, s in sorted(bus.items())]
     return dbc.Table([head, html.Tbody(rows)], size="sm", striped=True, hover=True, id="latency-bus-table-el")
+
+
+# ---- compute kernels (issue 3): written by the kernels.optimize task ------------------------
+@callback(Output("latency-kernels", "children"), Input("shell-interval", "n_intervals"))
+@data.guarded(lambda _n: dbc.Alert("Redis unreachable.", color="secondary"))
+def update_kernels(_n):
+    client = data.client()
+    bench, sel, model = client.mget(schema.KERNELS_BENCH, schema.KERNELS_SELECTION, schema.MODEL_METRICS)
+    return kernels_table.kernels_section(schema.loads(bench), schema.loads(sel), schema.loads(model))
