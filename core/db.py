@@ -1,0 +1,444 @@
+"""The database tier: a connection pool, timed queries and the query optimizer.
+
+SQLite (stdlib sqlite3, the history of core.history) is the embedded default. PostgreSQL
+through DATABASE_URL=postgresql://... has a clear path: `Database` opens it with psycopg when
+that package is installed (pool, timing and `analyze_query` via EXPLAIN work the same way);
+without psycopg it fails at construction with a message saying so. The rewrite and index
+tools below read SQLite plans and are SQLite-only.
+
+Every query run through `Database.query` is recorded as the `database_query` telemetry stage.
+
+Optimizer:
+  analyze_query    EXPLAIN QUERY PLAN -> full scans, temporary b-trees, indexes left unused
+  suggest_indexes  an index per scanned table on its filtered, then sorted, columns
+  apply_index      creates one and reports the query's median time before and after
+  rewrite_query    function-on-indexed-column -> range, OR chain -> IN, SELECT * -> columns;
+                   applied only when the result is identical on the data (checked), with timings
+"""
+from __future__ import annotations
+
+import queue
+import re
+import sqlite3
+import statistics
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from time import perf_counter_ns
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from core import history
+from core.telemetry import measure_latency
+
+POOL_SIZE = 4
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+
+
+class Database:
+    """A small thread-safe connection pool over one DATABASE_URL."""
+
+    def __init__(self, database_url: str, pool_size: int = POOL_SIZE):
+        if not isinstance(pool_size, int) or pool_size < 1:
+            raise ValueError(f"pool_size must be a positive int, got {pool_size!r}")
+        self.url = database_url
+        self.kind = "postgresql" if database_url.startswith(("postgresql://", "postgres://")) else "sqlite"
+        if self.kind == "postgresql":
+            try:
+                import psycopg  # noqa: F401
+            except ImportError:
+                raise NotImplementedError(
+                    "DATABASE_URL is PostgreSQL but psycopg is not installed: `pip install psycopg` "
+                    "(queries, pooling and analyze_query then work unchanged)") from None
+        elif not database_url.startswith("sqlite:///"):
+            raise ValueError(f"DATABASE_URL must be sqlite:///PATH or postgresql://..., got {database_url!r}")
+        self._pool: queue.LifoQueue = queue.LifoQueue(maxsize=pool_size)
+        self._created = 0
+        self._size = pool_size
+        self._lock = threading.Lock()
+
+    def _open(self):
+        if self.kind == "postgresql":
+            import psycopg
+            return psycopg.connect(self.url)
+        conn = history.connect(self.url)
+        conn.execute("PRAGMA query_only=0")
+        return conn
+
+    @contextmanager
+    def connection(self, timeout: float = 10.0):
+        """Borrow a pooled connection; opens up to pool_size, then waits for one to return."""
+        try:
+            conn = self._pool.get_nowait()
+        except queue.Empty:
+            with self._lock:
+                grow = self._created < self._size
+                if grow:
+                    self._created += 1
+            if grow:
+                try:
+                    conn = self._open()
+                except Exception:
+                    with self._lock:
+                        self._created -= 1
+                    raise
+            else:
+                conn = self._pool.get(timeout=timeout)
+        try:
+            yield conn
+        finally:
+            self._pool.put(conn)
+
+    def query(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        """Run one statement and fetch all rows, timed as the `database_query` stage."""
+        with self.connection() as conn, measure_latency("database_query"):
+            return conn.execute(sql, params).fetchall()
+
+    def execute(self, sql: str, params: Sequence = ()) -> None:
+        with self.connection() as conn, measure_latency("database_query"):
+            with conn:
+                conn.execute(sql, params)
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._pool.get_nowait().close()
+            except queue.Empty:
+                break
+        self._created = 0
+
+
+def sqlite_url(path: str | Path) -> str:
+    return f"sqlite:///{path}"
+
+
+# ---- the risk code's read: a window of daily closes ----------------------------------
+WINDOW_SQL = "SELECT day, symbol, close FROM daily_bars WHERE day BETWEEN ? AND ? ORDER BY day, symbol"
+
+
+def read_closes_window(db: Database, start_day: int, days: int) -> np.ndarray:
+    """Closes of every series for days [start_day, start_day + days): rows days, columns symbols
+    in name order. A day missing any series is dropped (as history.closes_matrix does)."""
+    rows = db.query(WINDOW_SQL, (int(start_day), int(start_day) + int(days) - 1))
+    if not rows:
+        return np.empty((0, 0))
+    symbols = sorted({r[1] for r in rows})
+    col = {s: i for i, s in enumerate(symbols)}
+    day_ids = sorted({r[0] for r in rows})
+    row_of = {d: i for i, d in enumerate(day_ids)}
+    mat = np.full((len(day_ids), len(symbols)), np.nan)
+    for day, sym, close in rows:
+        mat[row_of[day], col[sym]] = close
+    return mat[~np.isnan(mat).any(axis=1)]
+
+
+# ---- timing ---------------------------------------------------------------------------
+def time_query(db: Database, sql: str, params: Sequence = (), repeats: int = 7) -> float:
+    """Median wall time of `sql` in milliseconds over `repeats` runs (one warm-up first)."""
+    db.query(sql, params)
+    samples = []
+    for _ in range(max(1, repeats)):
+        t0 = perf_counter_ns()
+        db.query(sql, params)
+        samples.append((perf_counter_ns() - t0) / 1e6)
+    return statistics.median(samples)
+
+
+# ---- analyze_query --------------------------------------------------------------------
+def _tables_in(sql: str) -> list[str]:
+    return list(dict.fromkeys(m.group(1) for m in re.finditer(
+        rf"\b(?:FROM|JOIN)\s+({_IDENT})", sql, re.IGNORECASE)))
+
+
+def _indexes(conn, table: str) -> dict[str, list[str]]:
+    out = {}
+    for row in conn.execute(f"PRAGMA index_list({table})").fetchall():
+        name = row[1]
+        out[name] = [r[2] for r in conn.execute(f"PRAGMA index_info({name})").fetchall()]
+    return out
+
+
+def _columns(conn, table: str) -> list[str]:
+    return [r[1] for r in conn.execute(f"PRAGMA table_info({table})").fetchall()]
+
+
+def analyze_query(db: Database, sql: str, params: Sequence = ()) -> dict:
+    """Read the plan of `sql` and name its problems.
+
+    Returns {"plan": [detail, ...], "full_scans": [table], "index_scans": [table],
+    "temp_btrees": [detail], "indexes_used": [index], "unused_indexes": [index],
+    "tables": [table]}. `unused_indexes` are indexes of the query's tables the plan does not use.
+    """
+    _check_sql(sql)
+    with db.connection() as conn:
+        if db.kind == "postgresql":
+            plan = [r[0] for r in conn.execute("EXPLAIN " + sql, params).fetchall()]
+            scans = [m.group(1) for d in plan for m in [re.search(r"Seq Scan on (\w+)", d)] if m]
+            return {"plan": plan, "full_scans": scans, "index_scans": [],
+                    "temp_btrees": [d for d in plan if "Sort" in d], "indexes_used": [],
+                    "unused_indexes": [], "tables": _tables_in(sql)}
+        plan = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()]
+        tables = _tables_in(sql)
+        all_indexes = {t: _indexes(conn, t) for t in tables}
+    full, index_scans, used = [], [], set()
+    for detail in plan:
+        m = re.match(rf"SCAN (?:TABLE )?({_IDENT})(.*)", detail)
+        if m and "INDEX" not in m.group(2):
+            full.append(m.group(1))
+        elif m:
+            index_scans.append(m.group(1))
+        used.update(re.findall(rf"INDEX ({_IDENT})", detail))
+        if "PRIMARY KEY" in detail or "INTEGER PRIMARY KEY" in detail:
+            used.update(i for t in all_indexes.values() for i in t if i.startswith("sqlite_autoindex"))
+    unused = sorted(i for t in all_indexes.values() for i in t if i not in used)
+    return {"plan": plan, "full_scans": full, "index_scans": index_scans,
+            "temp_btrees": [d for d in plan if "TEMP B-TREE" in d], "indexes_used": sorted(used),
+            "unused_indexes": unused, "tables": tables}
+
+
+def _check_sql(sql: str) -> None:
+    if not isinstance(sql, str) or not sql.strip():
+        raise ValueError("sql must be a non-empty string")
+    if ";" in sql.strip().rstrip(";"):
+        raise ValueError("one statement only")
+
+
+# ---- suggest_indexes / apply_index ----------------------------------------------------
+def _where_and_order(sql: str) -> tuple[list[str], list[str], list[str]]:
+    """(equality columns, range columns, order-by columns) named in the query text."""
+    where = re.search(r"\bWHERE\b(.*?)(?:\bGROUP BY\b|\bORDER BY\b|\bLIMIT\b|$)", sql,
+                      re.IGNORECASE | re.DOTALL)
+    order = re.search(r"\bORDER BY\b(.*?)(?:\bLIMIT\b|$)", sql, re.IGNORECASE | re.DOTALL)
+    eq, rng = [], []
+    if where:
+        text = where.group(1)
+        eq = re.findall(rf"\b({_IDENT})\s*(?:=|\bIN\b)", text, re.IGNORECASE)
+        rng = re.findall(rf"\b({_IDENT})\s*(?:<=|>=|<|>|\bBETWEEN\b|\bLIKE\b)", text, re.IGNORECASE)
+    by = re.findall(rf"\b({_IDENT})\b(?:\s+(?:ASC|DESC))?", order.group(1), re.IGNORECASE) if order else []
+    by = [c for c in by if c.upper() not in {"ASC", "DESC"}]
+    return eq, rng, by
+
+
+def suggest_indexes(db: Database, sql: str, params: Sequence = ()) -> list[dict]:
+    """Indexes for the tables the plan scans in full or sorts through a temporary b-tree.
+
+    Columns: equality-filtered first, then one range column, then the ORDER BY columns (the
+    usual composite-index order). Each item: {"table", "columns", "ddl", "reason"}.
+    An index whose leading columns an existing index already covers is not proposed.
+    """
+    found = analyze_query(db, sql, params)
+    eq, rng, by = _where_and_order(sql)
+    out = []
+    with db.connection() as conn:
+        for table in found["tables"]:
+            scanned = table in found["full_scans"]
+            sorts = bool(found["temp_btrees"])
+            if not (scanned or sorts):
+                continue
+            cols = _columns(conn, table)
+            chosen = [c for c in dict.fromkeys(eq) if c in cols]
+            ranged = [c for c in dict.fromkeys(rng) if c in cols and c not in chosen][:1]
+            chosen += ranged
+            # after a range column an index still gives the order only if ORDER BY starts with it
+            if not ranged or (by and by[0] == ranged[0]):
+                chosen += [c for c in dict.fromkeys(by) if c in cols and c not in chosen]
+            if not chosen:
+                continue
+            existing = _indexes(conn, table).values()
+            if any(ix[:len(chosen)] == chosen for ix in existing):
+                continue
+            name = f"ix_{table}_{'_'.join(chosen)}"
+            reason = ("full scan" if scanned else "temporary sort") + f" of {table} filtered/sorted on " + ", ".join(chosen)
+            out.append({"table": table, "columns": chosen, "name": name, "reason": reason,
+                        "ddl": f"CREATE INDEX IF NOT EXISTS {name} ON {table}({', '.join(chosen)})"})
+    return out
+
+
+def apply_index(db: Database, suggestion: dict, sql: str, params: Sequence = (),
+                repeats: int = 7, min_speedup: float | None = None) -> dict:
+    """Create the suggested index and measure `sql` before and after (median ms).
+
+    With `min_speedup`, an index that does not make the query at least that much faster is
+    dropped again ("kept": False): a measured no-gain index only costs writes.
+    """
+    ddl = suggestion.get("ddl", "")
+    if not re.fullmatch(rf"CREATE INDEX IF NOT EXISTS {_IDENT} ON {_IDENT}\([A-Za-z0-9_, ]+\)", ddl):
+        raise ValueError(f"not an index suggestion from suggest_indexes: {ddl!r}")
+    before_ms = time_query(db, sql, params, repeats)
+    plan_before = analyze_query(db, sql, params)["plan"]
+    db.execute(ddl)
+    db.execute("ANALYZE")
+    after_ms = time_query(db, sql, params, repeats)
+    speedup = before_ms / after_ms if after_ms > 0 else float("inf")
+    plan_after = analyze_query(db, sql, params)["plan"]
+    kept = min_speedup is None or speedup >= min_speedup
+    if not kept:
+        db.execute(f"DROP INDEX IF EXISTS {ddl.split()[5]}")
+    return {"ddl": ddl, "before_ms": before_ms, "after_ms": after_ms, "speedup": speedup,
+            "kept": kept, "plan_before": plan_before, "plan_after": plan_after}
+
+
+# ---- rewrite_query --------------------------------------------------------------------
+def _next_prefix(text: str) -> str:
+    """The smallest string greater than every string starting with `text` (BINARY collation)."""
+    return text[:-1] + chr(ord(text[-1]) + 1)
+
+
+def _indexed_columns(conn, tables: Iterable[str]) -> set[str]:
+    cols = set()
+    for t in tables:
+        for ix in _indexes(conn, t).values():
+            if ix:
+                cols.add(ix[0])
+    return cols
+
+
+def _rewrite_functions(sql: str, indexed: set[str], notes: list[str]) -> str:
+    def substr(m):
+        col, n, lit = m.group(1), int(m.group(2)), m.group(3)
+        if col not in indexed or len(lit) != n or not lit:
+            return m.group(0)
+        notes.append(f"substr({col}, 1, {n}) = '{lit}' -> range on indexed {col}")
+        return f"({col} >= '{lit}' AND {col} < '{_next_prefix(lit)}')"
+
+    def strftime(m):
+        fmt, col, lit = m.group(1), m.group(2), m.group(3)
+        if col not in indexed:
+            return m.group(0)
+        if fmt == "%Y" and re.fullmatch(r"\d{4}", lit):
+            lo, hi = f"{lit}-01-01", f"{int(lit) + 1:04d}-01-01"
+        elif fmt == "%Y-%m" and re.fullmatch(r"\d{4}-\d{2}", lit):
+            y, mo = int(lit[:4]), int(lit[5:])
+            lo, hi = f"{lit}-01", (f"{y + 1:04d}-01-01" if mo == 12 else f"{y:04d}-{mo + 1:02d}-01")
+        else:
+            return m.group(0)
+        notes.append(f"strftime('{fmt}', {col}) = '{lit}' -> range on indexed {col}")
+        return f"({col} >= '{lo}' AND {col} < '{hi}')"
+
+    sql = re.sub(rf"\bsubstr\(\s*({_IDENT})\s*,\s*1\s*,\s*(\d+)\s*\)\s*=\s*'([^']*)'", substr, sql,
+                 flags=re.IGNORECASE)
+    return re.sub(rf"\bstrftime\(\s*'([^']+)'\s*,\s*({_IDENT})\s*\)\s*=\s*'([^']*)'", strftime, sql,
+                  flags=re.IGNORECASE)
+
+
+_LITERAL = r"(?:'[^']*'|-?\d+(?:\.\d+)?|\?)"
+
+
+def _rewrite_or_chains(sql: str, notes: list[str]) -> str:
+    pattern = re.compile(rf"(\(\s*)?\b({_IDENT})\s*=\s*({_LITERAL})((?:\s+OR\s+\2\s*=\s*{_LITERAL})+)(\s*\))?",
+                         re.IGNORECASE)
+
+    def repl(m):
+        col = m.group(2)
+        values = [m.group(3)] + re.findall(rf"OR\s+{col}\s*=\s*({_LITERAL})", m.group(4), re.IGNORECASE)
+        notes.append(f"{len(values)} OR'ed equalities on {col} -> IN")
+        text = f"{col} IN ({', '.join(values)})"
+        opened, closed = m.group(1) is not None, m.group(5) is not None
+        if opened and closed:
+            return f"({text})"
+        # a lone parenthesis belongs to the surrounding expression: keep it
+        return (m.group(1) or "") + text + (m.group(5) or "")
+    return pattern.sub(repl, sql)
+
+
+def _rewrite_star(sql: str, columns: Sequence[str] | None, conn, notes: list[str]) -> str:
+    if not columns:
+        return sql
+    m = re.match(rf"\s*SELECT\s+\*\s+FROM\s+({_IDENT})", sql, re.IGNORECASE)
+    if not m:
+        return sql
+    known = _columns(conn, m.group(1))
+    missing = [c for c in columns if c not in known]
+    if missing:
+        raise ValueError(f"columns {missing} are not columns of {m.group(1)}")
+    notes.append(f"SELECT * narrowed to {', '.join(columns)}")
+    return re.sub(r"^\s*SELECT\s+\*", "SELECT " + ", ".join(columns), sql, count=1, flags=re.IGNORECASE)
+
+
+def _same_rows(a: list[tuple], b: list[tuple], ordered: bool) -> bool:
+    if ordered:
+        return a == b
+    key = repr
+    return sorted(a, key=key) == sorted(b, key=key)
+
+
+def rewrite_query(db: Database, sql: str, params: Sequence = (),
+                  columns_used: Sequence[str] | None = None, repeats: int = 5) -> dict:
+    """Rewrite `sql` into an equivalent, index-friendlier form, verified on the data.
+
+    `columns_used`: the columns the caller reads, to narrow a `SELECT *`. The original and
+    the rewrite are both run; `identical` says whether their results match (as lists when the
+    query orders its rows, else as multisets; a narrowed SELECT * is compared with the
+    original's projection). `applied` is True only when identical, so a rewrite that would
+    change results is never applied. Returns {"original", "rewritten", "rules", "identical",
+    "applied", "before_ms", "after_ms", "plan_before", "plan_after"}.
+    """
+    _check_sql(sql)
+    if db.kind != "sqlite":
+        raise NotImplementedError("rewrite_query reads SQLite plans; PostgreSQL is not supported")
+    notes: list[str] = []
+    with db.connection() as conn:
+        indexed = _indexed_columns(conn, _tables_in(sql))
+        rewritten = _rewrite_functions(sql, indexed, notes)
+        rewritten = _rewrite_or_chains(rewritten, notes)
+        rewritten = _rewrite_star(rewritten, columns_used, conn, notes)
+        star_cols = None
+        if columns_used and re.match(r"\s*SELECT\s+\*", sql, re.IGNORECASE):
+            cur = conn.execute(sql, params)
+            names = [d[0] for d in cur.description]
+            star_cols = [names.index(c) for c in columns_used]
+            original_rows = [tuple(r[i] for i in star_cols) for r in cur.fetchall()]
+        else:
+            original_rows = conn.execute(sql, params).fetchall()
+    result = {"original": sql, "rewritten": rewritten, "rules": notes, "identical": True,
+              "applied": False, "before_ms": None, "after_ms": None}
+    if rewritten == sql:
+        return result
+    try:
+        new_rows = db.query(rewritten, params)
+    except sqlite3.Error as exc:
+        result.update(identical=False, error=f"rewrite failed to run: {exc}")
+        return result
+    ordered = bool(re.search(r"\bORDER BY\b", sql, re.IGNORECASE))
+    identical = _same_rows(original_rows, new_rows, ordered)
+    result.update(identical=identical, applied=identical,
+                  before_ms=time_query(db, sql, params, repeats),
+                  after_ms=time_query(db, rewritten, params, repeats),
+                  plan_before=analyze_query(db, sql, params)["plan"],
+                  plan_after=analyze_query(db, rewritten, params)["plan"])
+    if not identical:
+        result["rewritten"] = sql   # never applied: the caller keeps the original
+        result["rejected"] = rewritten
+    return result
+
+
+# ---- the watched queries database.analyze reviews -------------------------------------
+def watched_queries(year: int | None = None) -> list[tuple[str, str, tuple, tuple | None]]:
+    """(name, sql, params, columns_used) of the queries the console's readers run."""
+    year = time.gmtime().tm_year if year is None else int(year)
+    return [
+        ("closes window", WINDOW_SQL, (0, 59), None),
+        ("bars of one year", f"SELECT * FROM daily_bars WHERE strftime('%Y', date) = '{year:04d}'",
+         (), ("symbol", "day", "close")),
+        ("closes of a few symbols", "SELECT day, close FROM daily_bars WHERE symbol = 'IDX' OR "
+         "symbol = 'S00' OR symbol = 'S01' ORDER BY day, close", (), None),
+        ("trades by equity", "SELECT day, equity FROM daily_trades WHERE equity > ? ORDER BY equity",
+         (0.0,), None),
+    ]
+
+
+def review(db: Database, timestamp: float | None = None) -> dict:
+    """Analyze every watched query and try the safe rewrites; what database.analyze stores."""
+    findings = []
+    for name, sql, params, cols in watched_queries():
+        try:
+            entry = {"name": name, "sql": sql, "analysis": analyze_query(db, sql, params),
+                     "suggestions": suggest_indexes(db, sql, params),
+                     "rewrite": rewrite_query(db, sql, params, cols, repeats=3),
+                     "median_ms": time_query(db, sql, params, 3)}
+        except (sqlite3.Error, ValueError) as exc:
+            entry = {"name": name, "sql": sql, "error": str(exc)}
+        findings.append(entry)
+    return {"ts": time.time() if timestamp is None else timestamp, "queries": findings}

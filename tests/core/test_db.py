@@ -1,0 +1,124 @@
+"""Database tier: pooling, the database_query stage, plan analysis, index suggestions with
+measured before/after, and rewrites that are applied only when results stay identical."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from core import db, history
+from core.market import FactorModel
+
+
+@pytest.fixture(scope="module")
+def database(tmp_path_factory):
+    url = db.sqlite_url(tmp_path_factory.mktemp("db") / "h.db")
+    conn = history.connect(url)
+    history.backfill(conn, FactorModel.from_seed(10, 3), 400, 3)
+    conn.close()
+    d = db.Database(url, pool_size=3)
+    yield d
+    d.close()
+
+
+def test_pool_never_opens_more_connections_than_its_size(database):
+    seen = set()
+
+    def work():
+        for _ in range(20):
+            with database.connection() as conn:
+                seen.add(id(conn))
+                conn.execute("SELECT count(*) FROM daily_bars").fetchone()
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert 1 <= len(seen) <= 3
+
+
+def test_queries_are_recorded_as_the_database_query_stage(database):
+    from core.telemetry import RECORDER
+    RECORDER.collect()
+    for _ in range(5):
+        database.query("SELECT 1")
+    assert int(RECORDER.collect()["database_query"].counts.sum()) == 5
+
+
+def test_postgres_url_without_driver_fails_with_a_clear_message():
+    try:
+        import psycopg  # noqa: F401
+        pytest.skip("psycopg installed")
+    except ImportError:
+        pass
+    with pytest.raises(NotImplementedError, match="psycopg"):
+        db.Database("postgresql://u@localhost/x")
+
+
+def test_analyze_names_full_scans_temp_sorts_and_unused_indexes(database):
+    found = db.analyze_query(database, "SELECT day FROM daily_bars WHERE close > ? ORDER BY close", (1.0,))
+    assert found["full_scans"] == ["daily_bars"]
+    assert any("TEMP B-TREE" in d for d in found["temp_btrees"])
+    assert {"daily_bars_day", "daily_bars_date"} <= set(found["unused_indexes"])
+    ok = db.analyze_query(database, "SELECT close FROM daily_bars WHERE day = 3")
+    assert ok["full_scans"] == [] and "daily_bars_day" in ok["indexes_used"]
+
+
+def test_applied_index_removes_the_full_scan_and_reports_timings(database):
+    sql, params = "SELECT day, close FROM daily_bars WHERE volume > ? ORDER BY volume", (1e12,)
+    [suggestion] = db.suggest_indexes(database, sql, params)
+    assert suggestion["columns"] == ["volume"]
+    out = db.apply_index(database, suggestion, sql, params, repeats=3)
+    assert out["before_ms"] > 0 and out["after_ms"] > 0
+    assert any("SCAN daily_bars" == p for p in out["plan_before"])
+    assert not db.analyze_query(database, sql, params)["full_scans"]
+    assert db.suggest_indexes(database, sql, params) == []      # nothing left to propose
+    with pytest.raises(ValueError):
+        db.apply_index(database, {"ddl": "DROP TABLE daily_bars"}, sql)
+
+
+def test_function_on_indexed_column_becomes_a_range_with_identical_results(database):
+    year = database.query("SELECT substr(min(date), 1, 4) FROM daily_bars")[0][0]
+    sql = f"SELECT symbol, day, close FROM daily_bars WHERE strftime('%Y', date) = '{year}' ORDER BY symbol, day"
+    out = db.rewrite_query(database, sql, repeats=2)
+    assert out["applied"] and out["identical"] and "date >= " in out["rewritten"]
+    assert database.query(out["rewritten"]) == database.query(sql) and len(database.query(sql)) > 0
+    assert out["plan_before"] == ["SCAN daily_bars", "USE TEMP B-TREE FOR ORDER BY"] or \
+        "SCAN daily_bars" in out["plan_before"][0]
+    assert any("daily_bars_date" in p for p in out["plan_after"])
+
+
+def test_or_chain_becomes_in_and_select_star_is_narrowed_with_identical_results(database):
+    syms = [r[0] for r in database.query("SELECT symbol FROM symbols ORDER BY symbol LIMIT 3")]
+    sql = (f"SELECT * FROM daily_bars WHERE (symbol = '{syms[0]}' OR symbol = '{syms[1]}' OR "
+           f"symbol = '{syms[2]}') AND day < 50")
+    out = db.rewrite_query(database, sql, columns_used=["day", "close"], repeats=2)
+    assert out["applied"], out
+    assert out["rewritten"].startswith("SELECT day, close FROM") and "IN (" in out["rewritten"]
+    assert sorted(database.query(out["rewritten"])) == sorted(
+        (r[1], r[6]) for r in database.query(sql))
+    assert out["before_ms"] is not None and out["after_ms"] is not None
+
+
+def test_a_rewrite_that_would_change_results_is_never_applied(database):
+    # substr(date,1,4) = '20' has a 4-character window but a 2-character literal: a prefix range
+    # would match differently, so no rewrite is proposed; and a rule that does misfire is caught
+    sql = "SELECT day FROM daily_bars WHERE substr(date, 1, 4) = '20'"
+    assert db.rewrite_query(database, sql)["rewritten"] == sql
+    original = db._rewrite_functions
+    try:  # a broken rule (">=" into ">") must be rejected by the data check
+        db._rewrite_functions = lambda s, idx, notes: notes.append("bad") or s.replace(">=", ">")
+        mid = database.query("SELECT date FROM daily_bars ORDER BY date LIMIT 1 OFFSET 2000")[0][0]
+        bad = f"SELECT day FROM daily_bars WHERE date >= '{mid}'"
+        out = db.rewrite_query(database, bad)
+        assert not out["identical"] and not out["applied"] and out["rewritten"] == bad
+        assert out["rejected"] == bad.replace(">=", ">")
+    finally:
+        db._rewrite_functions = original
+
+
+def test_bad_sql_gives_a_clear_error(database):
+    with pytest.raises(ValueError, match="one statement"):
+        db.analyze_query(database, "SELECT 1; DROP TABLE daily_bars")
+    with pytest.raises(ValueError):
+        db.rewrite_query(database, "")
