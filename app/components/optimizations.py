@@ -49,3 +49,34 @@ def task_result(state: str, result) -> html.Div:
     return html.Div([dbc.Badge(status, color=color, className="me-2"),
                      html.Span(result.get("reason", "")),
                      changes_list(result.get("changes", []))])
+
+
+def enqueue(task_name: str) -> tuple:
+    """The "run it now" click: (task id, poll disabled, message). Operators only, checked on the
+    server; the request is audited; a broker outage is a message, never a 500."""
+    from app import auth, data
+    from core.audit import write_audit
+    denied = auth.require_role("operator")
+    if denied:
+        return None, True, dbc.Alert(denied, color="danger", className="py-1 mb-0")
+    from celery_config import celery_app
+    try:
+        result = celery_app.send_task(task_name, kwargs={"trigger": "manual"})
+    except Exception as exc:  # noqa: BLE001  (broker down: say so, never a 500)
+        return None, True, dbc.Alert(f"Could not enqueue: {exc}", color="danger", className="py-1 mb-0")
+    write_audit(data.client(), "optimization", auth.current_user()["username"], "web", task_name,
+                {"task_id": result.id})
+    return result.id, False, html.Div("Task queued…", className="text-body-secondary")
+
+
+def poll(task_id) -> tuple:
+    """(result view, poll disabled) for a queued task id."""
+    if not task_id:
+        return html.Span(), True
+    if not isinstance(task_id, str) or len(task_id) > 64:
+        return html.Div("Unknown task id.", className="text-warning"), True
+    from celery_config import celery_app
+    res = celery_app.AsyncResult(task_id)
+    if res.state == "FAILURE":
+        return dbc.Alert(f"Task failed: {res.result}", color="danger", className="py-1 mb-0"), True
+    return task_result(res.state, res.result if res.state == "SUCCESS" else None), res.state == "SUCCESS"

@@ -8,7 +8,8 @@ from dash import Input, Output, State, callback, dcc, html, no_update
 
 from app import data
 from app.components import charts
-from app.components.optimizations import history_table, task_result
+from app.components import optimizations
+from app.components.optimizations import history_table
 from core import cache, memory, schema
 
 dash.register_page(__name__, path="/cache", name="Cache", order=6)
@@ -45,12 +46,7 @@ def layout(**_kwargs):
 def optimize_now(n_clicks):
     if not n_clicks:
         return no_update, no_update, no_update
-    from celery_config import celery_app
-    try:
-        result = celery_app.send_task("cache.optimize", kwargs={"trigger": "manual"})
-    except Exception as exc:  # noqa: BLE001  (broker down: say so, never a 500)
-        return None, True, dbc.Alert(f"Could not enqueue: {exc}", color="danger", className="py-1 mb-0")
-    return result.id, False, html.Div("Task queued…", className="text-body-secondary")
+    return optimizations.enqueue("cache.optimize")
 
 
 def _poll_fallback(_n, _task_id):
@@ -61,16 +57,7 @@ def _poll_fallback(_n, _task_id):
           Input("cache-task-poll", "n_intervals"), State("cache-task-id", "data"), prevent_initial_call=True)
 @data.guarded(_poll_fallback)
 def poll_task(_n, task_id):
-    if not task_id:
-        return no_update, True
-    if not isinstance(task_id, str) or len(task_id) > 64:
-        return html.Div("Unknown task id.", className="text-warning"), True
-    from celery_config import celery_app
-    res = celery_app.AsyncResult(task_id)
-    state = res.state
-    if state == "FAILURE":
-        return dbc.Alert(f"Task failed: {res.result}", color="danger", className="py-1 mb-0"), True
-    return task_result(state, res.result if state == "SUCCESS" else None), state == "SUCCESS"
+    return optimizations.poll(task_id)
 
 
 def _merged_stats(stats: dict[str, dict]) -> dict:

@@ -92,3 +92,13 @@ def test_admin_adds_a_viewer_who_cannot_see_admin_pages_and_sees_the_audit(conso
     assert "Users" not in anonymous_page.inner_text("nav") and "Audit" not in anonymous_page.inner_text("nav")
     anonymous_page.goto(console + "/users")
     anonymous_page.wait_for_selector("#users-denied")
+
+
+def test_viewer_pressing_a_control_is_refused_on_the_server(console, anonymous_page, redis_url):
+    client = schema.connect(redis_url)
+    client.hdel(schema.USERS, "vic")
+    users.create_user(client, "vic", "vic-password", "viewer")
+    login(anonymous_page, console, "vic", "vic-password")
+    anonymous_page.goto(console + "/cache")
+    anonymous_page.click("#cache-optimize-button")
+    anonymous_page.wait_for_selector("#cache-optimize-result :text('Not allowed')", timeout=15000)
