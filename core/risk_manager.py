@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import zlib
 
 import numpy as np
 
@@ -112,11 +113,23 @@ def read_daily(client, limit: int = 2000) -> list[dict]:
     return rows
 
 
-def asset_returns(conn, symbols: list[str], lookback: int) -> np.ndarray:
+def read_closes(conn, symbols: list[str], cache=None) -> np.ndarray:
+    """Daily closes (days x symbols), through `cache` (a core.cache.CacheManager) when given.
+    The key carries the history's latest day, so a new day is a new key: no invalidation to
+    miss, and stale versions age out by TTL."""
+    if cache is None:
+        return history.closes_matrix(conn, symbols)
+    last = history.last_day(conn)
+    digest = zlib.crc32(",".join(symbols).encode())
+    key = f"risk:closes:{last[0] if last else -1}:{len(symbols)}:{digest:08x}"
+    return cache.get_cached_data(key, lambda: history.closes_matrix(conn, symbols))
+
+
+def asset_returns(conn, symbols: list[str], lookback: int, cache=None) -> np.ndarray:
     """Simple daily returns (days x symbols) of the last `lookback` days from the closes."""
     if not symbols:
         return np.empty((0, 0))
-    closes = history.closes_matrix(conn, symbols)
+    closes = read_closes(conn, symbols, cache)
     if len(closes) < 2:
         return np.empty((0, len(symbols)))
     closes = closes[-(lookback + 1):]
@@ -161,7 +174,7 @@ def _pnl(daily: list[dict], initial_cash: float) -> dict:
 
 
 def compute(client, conn, lookback_days: int = 252, mc_scenarios: int = 20_000, seed: int = 0,
-            now: float | None = None) -> dict:
+            now: float | None = None, cache=None) -> dict:
     """The whole risk picture of the live portfolio as a JSON-ready dict:
     {ts, equity, gross_exposure, net_exposure, leverage, n_positions, days_of_history,
      var: [{method, confidence, var_pct, cvar_pct, var_ccy, cvar_ccy}],
@@ -175,7 +188,7 @@ def compute(client, conn, lookback_days: int = 252, mc_scenarios: int = 20_000, 
     initial_cash = account.get("initial_cash", math.nan)
     symbols = [p["symbol"] for p in positions]
     values = np.array([p["value"] for p in positions])
-    R = asset_returns(conn, symbols, lookback_days)
+    R = asset_returns(conn, symbols, lookback_days, cache)
     usable_equity = equity if math.isfinite(equity) and equity > 0 else math.nan
     w = values / usable_equity if symbols else np.zeros(0)
     if not np.isfinite(w).all():
@@ -244,10 +257,11 @@ def check_model_confidence(client, result: dict, threshold: float) -> str | None
         dedupe_key="risk:model_confidence", dedupe_s=300)
 
 
-def run_once(client, conn, settings, now: float | None = None) -> dict:
-    """Compute, store and alert: what the risk.compute task does."""
+def run_once(client, conn, settings, now: float | None = None, cache=None) -> dict:
+    """Compute, store and alert: what the risk.compute task does (history reads through
+    `cache` when given)."""
     result = compute(client, conn, settings.risk_lookback_days, settings.risk_mc_scenarios,
-                     settings.seed, now)
+                     settings.seed, now, cache)
     store(client, result)
     check_model_confidence(client, result, settings.model_confidence_threshold)
     return result

@@ -6,6 +6,7 @@ computing the same figures twice (the result is overwritten anyway, so a rerun i
 """
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 import uuid
@@ -15,6 +16,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from celery_config import celery_app
 from core import history, risk_manager, schema
+from core.cache import CacheManager, publish_statistics
 from core.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,16 @@ _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del
 
 def _client() -> redis.Redis:
     return schema.connect(get_settings().redis_url)
+
+
+@functools.lru_cache(maxsize=1)
+def _history_cache():
+    """This pool process's read-through cache for the history database (L1 here, L2 Redis);
+    its access log feeds cache.optimize, its statistics the Cache page."""
+    settings = get_settings()
+    cache = CacheManager.from_settings(schema.connect(settings.redis_url), settings)
+    cache.enable_access_log()
+    return cache
 
 
 @celery_app.task(name="risk.compute", soft_time_limit=SOFT_TIME_LIMIT_S, ignore_result=True)
@@ -41,7 +53,9 @@ def compute() -> str:
         try:
             conn = history.connect(settings.database_url)
             try:
-                risk_manager.run_once(client, conn, settings)
+                cache = _history_cache()
+                risk_manager.run_once(client, conn, settings, cache=cache)
+                publish_statistics(client, cache)
             finally:
                 conn.close()
             return "computed"

@@ -172,3 +172,21 @@ def test_pipeline_pairs_each_prediction_with_the_symbols_next_log_return():
     np.testing.assert_allclose(pairs, expected, rtol=1e-9, atol=1e-15)
     out = risk.model_risk(*np.array(pairs).T)
     assert out["ic"] > 0 and out["confidence"] > 0.9          # the imbalance edge is found
+
+
+def test_history_reads_go_through_the_cache_and_a_new_day_is_a_new_key(own_db, market):
+    from core.cache import CacheManager
+    model, conn = market
+    cache = CacheManager(own_db)
+    first = risk_manager.read_closes(conn, model.symbols, cache)
+    again = risk_manager.read_closes(conn, model.symbols, cache)
+    np.testing.assert_array_equal(first, history.closes_matrix(conn, model.symbols))
+    np.testing.assert_array_equal(first, again)
+    stats = cache.get_cache_statistics()
+    assert stats["l1"]["hits"] == 1 and stats["l3"]["misses"] + stats["l3"]["hits"] >= 1
+    # a day appended by the pipeline changes the key: the next read sees it, nothing stale
+    day, date = history.last_day(conn)
+    last = history.last_closes(conn)
+    bars = {s: (c, c, c, c, 1000.0) for s, c in last.items()}
+    history.append_day(conn, day + 1, history.next_business_day(date), bars)
+    assert len(risk_manager.read_closes(conn, model.symbols, cache)) == len(first) + 1
