@@ -56,6 +56,19 @@ def redis_client(redis_url):
 
 
 @pytest.fixture
+def own_db(redis_url, request):
+    """A client on a Redis database of the test module's own (its `DB` constant, default 11),
+    flushed before and after: the live console of the browser tests and parallel suites use
+    db 0, which unit tests must not disturb nor be disturbed by."""
+    number = getattr(request.module, "DB", 11)
+    client = schema.connect(redis_url.rsplit("/", 1)[0] + f"/{number}")
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
 def settings():
     get_settings.cache_clear()
     return get_settings()

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from typing import Callable
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
 from core import schema
+from core.locks import single_run
 from core.memory import record_run
 from core.settings import get_settings
 
 log = logging.getLogger(__name__)
-_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 def _client() -> redis.Redis:
@@ -28,19 +27,16 @@ def _client() -> redis.Redis:
 
 def run_locked(area: str, lock_s: int, work: Callable[[redis.Redis], dict], trigger: str) -> dict:
     client = _client()
-    token = uuid.uuid4().hex
     try:
-        if not client.set(schema.opt_lock(area), token, nx=True, ex=lock_s):
-            return {"status": "skipped", "reason": "another run holds the lock"}
-        try:
+        with single_run(client, schema.opt_lock(area), lock_s) as mine:
+            if not mine:
+                return {"status": "skipped", "reason": "another run holds the lock"}
             started = time.time()
             result = work(client)
             result.update(status="done", area=area, trigger=trigger, ts=started,
                           duration_s=round(time.time() - started, 3))
             record_run(client, area, result)
             return {"status": "done", "ts": started, "changes": result.get("changes", [])}
-        finally:
-            client.eval(_RELEASE, 1, schema.opt_lock(area), token)
     except redis.RedisError as exc:
         log.warning("%s.optimize: Redis unavailable: %s", area, exc)
         return {"status": "failed", "reason": f"Redis unavailable: {exc}"}

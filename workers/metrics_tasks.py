@@ -31,8 +31,10 @@ LOCK_TTL_MS = 6000
 # flushed database) loses a process from the registry for seconds only, not for good.
 REREGISTER_EVERY_S = 5.0
 
+
 def _client() -> redis.Redis:
     return schema.connect(get_settings().redis_url)
+
 
 @celery_app.task(name="metrics.collect", soft_time_limit=5, ignore_result=True)
 def collect() -> str:
@@ -54,6 +56,7 @@ def collect() -> str:
     finally:
         client.close()
 
+
 def _register(role: str) -> None:
     client = _client()
     try:
@@ -61,9 +64,11 @@ def _register(role: str) -> None:
     finally:
         client.close()
 
+
 @worker_process_init.connect
 def _register_pool_child(**_kwargs) -> None:
     _register("worker")
+
 
 @worker_ready.connect
 def _register_worker_main(sender=None, **_kwargs) -> None:
@@ -71,6 +76,7 @@ def _register_worker_main(sender=None, **_kwargs) -> None:
     timer = getattr(sender, "timer", None)
     if timer is not None:
         timer.call_repeatedly(REREGISTER_EVERY_S, _register, ("worker",), priority=10)
+
 
 @beat_init.connect
 def _register_beat(**_kwargs) -> None:

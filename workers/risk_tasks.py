@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import logging
 import sqlite3
-import uuid
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
@@ -17,13 +16,13 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery_config import celery_app
 from core import history, risk_manager, schema
 from core.cache import CacheManager, publish_statistics
+from core.locks import single_run
 from core.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 SOFT_TIME_LIMIT_S = 20
 LOCK_TTL_MS = (SOFT_TIME_LIMIT_S + 5) * 1000   # outlives a running computation
-_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 def _client() -> redis.Redis:
@@ -46,11 +45,10 @@ def compute() -> str:
     run holds the lock) or "failed" (Redis or the database unavailable, or too slow)."""
     settings = get_settings()
     client = _client()
-    token = uuid.uuid4().hex
     try:
-        if not client.set(schema.RISK_LOCK, token, nx=True, px=LOCK_TTL_MS):
-            return "skipped"
-        try:
+        with single_run(client, schema.RISK_LOCK, LOCK_TTL_MS / 1000) as mine:
+            if not mine:
+                return "skipped"
             conn = history.connect(settings.database_url)
             try:
                 cache = _history_cache()
@@ -59,8 +57,6 @@ def compute() -> str:
             finally:
                 conn.close()
             return "computed"
-        finally:
-            client.eval(_RELEASE, 1, schema.RISK_LOCK, token)
     except redis.RedisError as exc:
         log.warning("risk.compute: Redis unavailable: %s", exc)
         return "failed"

@@ -20,10 +20,12 @@ log = logging.getLogger(__name__)
 
 LOCK_TTL_S = 10
 
+
 @functools.lru_cache(maxsize=1)
 def _client() -> redis.Redis:
     # created lazily, i.e. in the prefork child after the fork, once per process
     return schema.connect(get_settings().redis_url)
+
 
 @celery_app.task(name="telemetry.rollup", soft_time_limit=5, ignore_result=True)
 def rollup_task():

@@ -20,12 +20,8 @@ DB = 4
 
 
 @pytest.fixture
-def r(redis_url):
-    client = schema.connect(redis_url.rsplit("/", 1)[0] + f"/{DB}")
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+def r(own_db):
+    return own_db
 
 
 class Clock:

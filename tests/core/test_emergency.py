@@ -14,12 +14,8 @@ DB = 12
 
 
 @pytest.fixture
-def client(redis_url):
-    c = schema.connect(redis_url.rsplit("/", 1)[0] + f"/{DB}")
-    c.flushdb()
-    yield c
-    c.flushdb()
-    c.close()
+def client(own_db):
+    return own_db
 
 
 def test_emergency_stop_persists_publishes_alerts_and_audits(client):

@@ -18,12 +18,8 @@ DB = 5
 
 
 @pytest.fixture
-def r(redis_url):
-    client = schema.connect(redis_url.rsplit("/", 1)[0] + f"/{DB}")
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+def r(own_db):
+    return own_db
 
 
 def test_monitor_reports_system_memory_and_rss_uss_of_registered_processes(r):

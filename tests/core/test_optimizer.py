@@ -18,13 +18,12 @@ from core.settings import load_settings
 SMALL = dict(squash_shape=(20_000, 8), rolling_shape=(3_000, 4), repeats=1)
 
 
+DB = 7
+
+
 @pytest.fixture
-def db(redis_url):
-    client = schema.connect(redis_url.rsplit("/", 1)[0] + "/7")
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+def db(own_db):
+    return own_db
 
 
 def sleepy_predict(per_row_s: float, fixed_s: float = 0.0):

@@ -17,15 +17,6 @@ SYMBOLS = 6
 
 
 @pytest.fixture
-def own_db(redis_url):
-    client = schema.connect(redis_url.rsplit("/", 1)[0] + f"/{DB}")
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
-
-
-@pytest.fixture
 def market(tmp_path):
     model = FactorModel.from_seed(SYMBOLS, 3)
     conn = history.connect(f"sqlite:///{tmp_path / 'risk.db'}")

@@ -15,12 +15,8 @@ DB = 14
 
 
 @pytest.fixture
-def client(redis_url):
-    c = schema.connect(redis_url.rsplit("/", 1)[0] + f"/{DB}")
-    c.flushdb()
-    yield c
-    c.flushdb()
-    c.close()
+def client(own_db):
+    return own_db
 
 
 def next_message(pubsub, timeout=2.0):
