@@ -15,9 +15,11 @@ export PORT
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# xstatic-bootstrap is an sdist whose build needs pkg_resources: build it without isolation
+	# xstatic-bootstrap is an sdist whose build needs pkg_resources (setuptools < 81): build it
+	# first, without isolation; then the pins, which may move setuptools on (hdrhistogram wants 83+)
 	$(BIN)/pip install --quiet "setuptools<81" wheel
-	$(BIN)/pip install --quiet --no-build-isolation -r requirements.txt
+	$(BIN)/pip install --quiet --no-build-isolation $$(grep -i '^xstatic-bootstrap==' requirements.txt)
+	$(BIN)/pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
 setup: $(STAMP) assets model
