@@ -958,6 +958,14 @@ def analyze_access_log(log_rows: Sequence[tuple[float, str, str]]) -> dict:
     return out
 
 
+# Evidence and floors: a handful of accesses says little, and an L1 sized to exactly the
+# working set it saw has no room for the next key (seen live: the risk task's two keys shrank
+# L1 from 1,000 to 2 entries).
+MIN_PREFIX_REQUESTS = 50       # per prefix, before its TTL is tuned
+MIN_PROFILE_REQUESTS = 200     # in all, before L1 is resized
+MIN_L1_ENTRIES = 64
+
+
 def recommend(profile: dict, current_ttl: dict[str, float], current_l1: int, default_ttl_s: float,
               max_l1: int, min_ttl_s: float = 1.0, max_ttl_s: float = 3600.0) -> dict:
     """Decisions from an access profile (pure; tests feed it synthetic logs).
@@ -965,15 +973,18 @@ def recommend(profile: dict, current_ttl: dict[str, float], current_l1: int, def
     TTL per prefix: cover the p90 re-request interval (twice it, bounded) so a key that is
     re-read is still there, but no longer, so a drifting hot set frees its space. Prefixes
     whose keys are hardly ever re-read keep the default. L1 size: the working set of the
-    re-read keys (those are what L1 can hit), bounded by max_l1 and at least 1.
+    re-read keys (those are what L1 can hit), bounded by max_l1 and at least MIN_L1_ENTRIES.
+    Without enough accesses (MIN_PREFIX_REQUESTS, MIN_PROFILE_REQUESTS) nothing changes.
     """
     ttl = {}
     for prefix, p in profile.items():
-        if p["interval_p90_s"] is None or p["repeat_share"] < 0.05:
+        if (p["interval_p90_s"] is None or p["repeat_share"] < 0.05
+                or p.get("requests", 0) < MIN_PREFIX_REQUESTS):
             continue
         ttl[prefix] = float(min(max_ttl_s, max(min_ttl_s, 2.0 * p["interval_p90_s"])))
     reread = sum(int(p["working_set"] * min(1.0, p["repeat_share"] * 2)) for p in profile.values())
-    l1 = int(min(max_l1, max(1, reread))) if profile else current_l1
+    enough = sum(p.get("requests", 0) for p in profile.values()) >= MIN_PROFILE_REQUESTS
+    l1 = int(min(max_l1, max(MIN_L1_ENTRIES, reread))) if enough else current_l1
     changes = []
     for prefix, v in ttl.items():
         old = current_ttl.get(prefix, default_ttl_s)

@@ -126,6 +126,10 @@ def _lists_fallback(_n):
     return msg, msg, msg
 
 
+def _seconds(value) -> str:
+    return f"{value:.1f} s" if isinstance(value, (int, float)) else "–"
+
+
 @callback(Output("cache-policy-table", "children"), Output("cache-query-findings", "children"),
           Output("cache-history", "children"), Input("shell-interval", "n_intervals"))
 @data.guarded(_lists_fallback)
@@ -139,7 +143,7 @@ def update_lists(_n):
     if prefixes:
         policy_view = dbc.Table([html.Thead(html.Tr([html.Th(h) for h in (
             "Prefix", "TTL now", "Recommended", "Re-read p90", "Working set", "Skips Redis")])),
-            html.Tbody([html.Tr([html.Td(p), html.Td(f"{(policy.get(p) or {}).get('ttl_s', '–')}"),
+            html.Tbody([html.Tr([html.Td(p), html.Td(_seconds((policy.get(p) or {}).get("ttl_s"))),
                                  html.Td(f"{rec[p]:.1f} s" if p in rec else "–"),
                                  html.Td(f"{profile.get(p, {}).get('interval_p90_s') or 0:.2f} s"),
                                  html.Td(f"{profile.get(p, {}).get('working_set', '–')}"),

@@ -245,7 +245,7 @@ def test_optimizer_sets_ttl_from_reread_intervals_and_l1_from_the_working_set():
     assert profile["hot"]["working_set"] == 50 and profile["once"]["interval_p50_s"] is None
     rec = cache.recommend(profile, {}, current_l1=1000, default_ttl_s=300.0, max_l1=10_000)
     assert rec["ttl_s"] == {"hot": pytest.approx(4.0)}
-    assert rec["l1_max_entries"] == 50        # what is re-read fits in 50 entries
+    assert rec["l1_max_entries"] == max(50, cache.MIN_L1_ENTRIES)   # re-read set: 50 entries
     assert {c["what"] for c in rec["changes"]} == {"ttl:hot", "l1_max_entries"}
 
 
@@ -304,3 +304,13 @@ def test_manager_from_settings_takes_the_spec_bounds(settings):
     assert (cm.max_entries, cm.default_ttl_s) == (1000, 300.0)
     with pytest.raises(ValueError):
         cache.CacheManager(None, max_entries=0)
+
+
+def test_a_few_accesses_change_nothing_and_l1_never_shrinks_below_its_floor():
+    few = cache.analyze_access_log([(float(t), f"risk:k{t % 2}", "l1") for t in range(14)])
+    rec = cache.recommend(few, {}, current_l1=1000, default_ttl_s=300.0, max_l1=10_000)
+    assert rec["changes"] == [] and rec["l1_max_entries"] == 1000
+    many = cache.analyze_access_log([(float(t), f"risk:k{t % 2}", "l1") for t in range(400)])
+    rec = cache.recommend(many, {}, current_l1=1000, default_ttl_s=300.0, max_l1=10_000)
+    assert rec["l1_max_entries"] == cache.MIN_L1_ENTRIES
+
