@@ -115,11 +115,17 @@ def linear_trend(t: Sequence[float], y: Sequence[float]) -> dict:
             "r2": 1.0 - sse / sst if sst > 0 else 1.0, "n": n}
 
 
-def leak_suspected(trend: dict, min_bytes_per_hour: float = 1024**2, min_r2: float = 0.8) -> bool:
-    """Steady growth: the whole CI above zero, growth of at least `min_bytes_per_hour`
-    (slope in bytes/s), and a good linear fit (noise around a flat line is not a leak)."""
-    return (trend["n"] >= 10 and trend["ci_low"] > 0 and trend["slope"] * 3600 >= min_bytes_per_hour
-            and trend["r2"] >= min_r2)
+LEAK_MIN_SPAN_S = 600.0   # a process warming up (imports, JIT, caches) grows for minutes
+
+
+def leak_suspected(trend: dict, span_s: float, min_bytes_per_hour: float = 16 * 1024**2,
+                   min_r2: float = 0.8, min_span_s: float = LEAK_MIN_SPAN_S) -> bool:
+    """Steady growth: observed for at least `min_span_s`, the whole CI above zero, growth of
+    at least `min_bytes_per_hour` (slope in bytes/s), and a good linear fit (noise around a
+    flat line is not a leak). Seen live without the span rule: beat and redis were
+    "suspected" one minute after start while they were only warming up."""
+    return (span_s >= min_span_s and trend["n"] >= 10 and trend["ci_low"] > 0
+            and trend["slope"] * 3600 >= min_bytes_per_hour and trend["r2"] >= min_r2)
 
 
 def get_memory_trend(samples: Sequence[dict], window_s: float | None = None) -> dict:
@@ -143,7 +149,7 @@ def get_memory_trend(samples: Sequence[dict], window_s: float | None = None) -> 
     procs = {}
     for name, (t, y) in series.items():
         tr = linear_trend(t, y)
-        tr["leak_suspected"] = leak_suspected(tr)
+        tr["leak_suspected"] = leak_suspected(tr, span_s=t[-1] - t[0] if t else 0.0)
         procs[name] = tr
     return {"console": total, "procs": procs,
             "suspects": sorted(n for n, tr in procs.items() if tr["leak_suspected"])}

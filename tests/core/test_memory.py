@@ -42,7 +42,7 @@ def test_monitor_reports_system_memory_and_rss_uss_of_registered_processes(r):
 
 def test_trend_slope_and_ci_recover_a_known_growth_and_flag_a_steady_leak():
     rng = np.random.default_rng(0)
-    t = np.arange(120.0)
+    t = np.arange(0.0, 1200.0, 10.0)                                 # 20 minutes, one sample / 10 s
     leak = 100e6 + 50_000 * t + rng.normal(0, 20_000, t.size)      # 180 MB/h
     flat = 100e6 + rng.normal(0, 2e6, t.size)
     samples = [{"t": ti, "console_rss_bytes": a + b,
@@ -53,6 +53,12 @@ def test_trend_slope_and_ci_recover_a_known_growth_and_flag_a_steady_leak():
     assert w["ci_low"] < 50_000 < w["ci_high"] and w["ci_high"] - w["ci_low"] < 2_000
     assert out["suspects"] == ["worker:1"] and not out["procs"]["web:2"]["leak_suspected"]
     assert np.isnan(memory.linear_trend([1, 2], [1, 2])["slope"])
+    # the same growth over the first minute after start is warm-up, not a leak
+    t1 = np.arange(60.0)
+    early = memory.get_memory_trend([{"t": ti, "console_rss_bytes": 100e6 + 50_000 * ti,
+                                      "procs": [{"role": "beat", "pid": 3, "rss_bytes": 100e6 + 50_000 * ti}]}
+                                     for ti in t1])
+    assert early["procs"]["beat:3"]["ci_low"] > 0 and early["suspects"] == []
 
 
 def test_optimize_memory_collects_cycles_per_generation_and_cleans_expired_cache_entries():
