@@ -8,6 +8,7 @@ import dash_bootstrap_components as dbc
 from dash import ALL, Input, Output, State, callback, html, no_update
 
 from app import auth, data
+from app.components import charts
 from app.components.kpi import severity_color
 from core import alerting, alerts
 from core.audit import write_audit
@@ -36,6 +37,12 @@ def _when(ts) -> str:
     return datetime.fromtimestamp(float(ts or 0), timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _threshold(rule: dict) -> str:
+    if rule["metric"].endswith("_bytes"):
+        return charts.fmt_bytes(rule["threshold"])
+    return f"{rule['threshold']:g}"
+
+
 def _rules_table(states: list[dict], can_act: bool):
     rows = []
     for r in states:
@@ -45,7 +52,7 @@ def _rules_table(states: list[dict], can_act: bool):
                    dbc.Button("Resolve", id={"type": "alerts-resolve", "rule": r["name"]}, size="sm",
                               color="secondary", disabled=not (firing and can_act))]
         rows.append(html.Tr([html.Td(r["name"]), html.Td(r["summary"]),
-                             html.Td(f"{r['metric']} {r['op']} {r['threshold']:g} for {r['for_s']:g} s"),
+                             html.Td(f"{r['metric']} {r['op']} {_threshold(r)} for {r['for_s']:g} s"),
                              html.Td(dbc.Badge(r["severity"], color=severity_color(r["severity"]))),
                              html.Td(dbc.Badge(r["state"], color=STATE_COLOR[r["state"]])),
                              html.Td(f"by {r['acked_by']}" if r.get("acked_by") else ""),
