@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dash
 import dash_bootstrap_components as dbc
+import redis
 from dash import Input, Output, State, callback, ctx, dcc, html, no_update
 from dash_bootstrap_templates import load_figure_template
 from flask import jsonify, request
@@ -18,7 +19,7 @@ from flask import jsonify, request
 from app import api, auth, data
 from app.components import emergency as estop
 from app.components.kpi import severity_color
-from core import alerts, emergency, health, prometheus, safety, users
+from core import alerts, emergency, health, prometheus, report, safety, users
 from core.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,6 +192,22 @@ def create_app() -> dash.Dash:
     def healthz():
         status = health.health_status(data.client(), get_settings())
         return jsonify(status), (200 if status["status"] == "ok" else 503)
+
+    @app.server.get("/report.json")
+    def report_json():
+        try:
+            rep = report.get_comprehensive_performance_report(data.client(), get_settings())
+        except redis.RedisError as exc:
+            return jsonify({"error": f"Redis unavailable: {exc}"}), 503
+        return jsonify(rep), 200, {"Content-Disposition": "attachment; filename=performance-report.json"}
+
+    @app.server.get("/report.html")
+    def report_html():
+        try:
+            rep = report.get_comprehensive_performance_report(data.client(), get_settings())
+        except redis.RedisError as exc:
+            return f"Redis unavailable: {exc}", 503
+        return report.render_html(rep), 200, {"Content-Type": "text/html; charset=utf-8"}
 
     @app.server.get("/metrics")
     def prometheus_metrics():

@@ -10,7 +10,7 @@ from dash import Input, Output, callback, dcc, html
 from app import data
 from app.components import charts
 from app.components.kpi import against, kpi_card, severity_color, status_class
-from core import alerts, health, metrics
+from core import alerts, health, metrics, report
 from core.settings import get_settings
 from core.telemetry import query
 
@@ -34,9 +34,34 @@ def layout(**_kwargs):
                  for name in ("cpu", "memory")]),
         dbc.Row([dbc.Col(dcc.Graph(id=f"overview-{name}-graph", config={"displaylogo": False}), lg=6)
                  for name in ("disk", "network")]),
+        html.Div([html.H5("Recommendations", className="mt-3 d-inline-block me-3"),
+                  html.A("report.json", href="/report.json", className="me-2 small", id="overview-report-json"),
+                  html.A("report.html", href="/report.html", target="_blank", className="small",
+                         id="overview-report-html")]),
+        html.Div(id="overview-recommendations"),
+        dcc.Interval(id="overview-report-interval", interval=10_000),
         html.H5("Recent alerts", className="mt-3"),
         html.Div(id="overview-alerts"),
     ])
+
+
+def _recommendations_fallback(_n):
+    return dbc.Alert("Recommendations unavailable: Redis unreachable.", color="secondary")
+
+
+@callback(Output("overview-recommendations", "children"), Input("overview-report-interval", "n_intervals"))
+@data.guarded(_recommendations_fallback)
+def update_recommendations(_n):
+    recs = report.get_comprehensive_performance_report(data.client(), get_settings())["recommendations"]
+    if not recs:
+        return html.P("Nothing to recommend: every measured figure is within its target.",
+                      className="text-body-secondary")
+    color = {"critical": "danger", "warning": "warning", "info": "info"}
+    return html.Ul([html.Li([dbc.Badge(r["severity"], color=color.get(r["severity"], "secondary"),
+                                       className="me-2"),
+                             html.Strong(f"{r['area']}: "), r["finding"],
+                             html.Span(f" → {r['action']}", className="text-body-secondary")])
+                    for r in recs[:8]], id="overview-recommendations-list", className="list-unstyled")
 
 
 KPI_OUTPUTS = [Output(f"{card_id}-{part}", prop) for card_id, _ in KPIS

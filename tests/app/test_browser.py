@@ -136,3 +136,14 @@ def test_redis_lost_mid_session_shows_banner_not_callback_errors(web_with_own_re
     page.fill("#login-password", "whatever-password")
     page.click("#login-submit")
     assert "Redis unreachable" in page.inner_text("#login-error")
+
+
+def test_overview_recommendations_and_report_downloads_need_a_login(console, page):
+    page.goto(console + "/")
+    page.wait_for_selector("#overview-recommendations-list, #overview-recommendations p", timeout=30000)
+    body = page.request.get(console + "/report.json")                  # the page's session cookie
+    assert body.status == 200 and "recommendations" in body.json()
+    html_page = page.request.get(console + "/report.html")
+    assert html_page.status == 200 and "Performance report" in html_page.text()
+    with urllib.request.urlopen(console + "/report.json", timeout=5) as anonymous:   # no session
+        assert "/login?next=/report.json" in anonymous.url            # sent to sign in, no data
