@@ -66,7 +66,7 @@ def test_cache_optimize_turns_published_profiles_into_a_stored_policy(own_db):
     assert len(runs) == 2 and runs[0]["effect"]["hit_rate_before"] == runs[1]["hit_rate_now"]
     adopter = cache.CacheManager(own_db, record_telemetry=False)
     adopter.load_policy()
-    assert adopter.policy["risk"]["ttl_s"] == pytest.approx(6.0) and adopter.max_entries == 40
+    assert adopter.policy["risk"]["ttl_s"] == pytest.approx(6.0) and adopter.max_entries == max(40, cache.MIN_L1_ENTRIES)
 
 
 def test_database_analyze_stores_findings_and_keeps_only_indexes_that_help(own_db):
