@@ -148,6 +148,38 @@ def evaluate(client: redis.Redis, rules: list[Rule], values: dict, now: float | 
     return events
 
 
+# Automatic recovery (the spec's): what runs when a rule fires. High latency and low
+# throughput re-select backends and batch size; memory pressure collects and cleans caches.
+# The tasks record their own before/after figures in their optimization history.
+RECOVERY = {"memory_high": ("memory.optimize", {"trigger": "auto"}),
+            "console_memory_budget": ("memory.optimize", {"trigger": "auto"}),
+            "throughput_low": ("kernels.optimize", {})}
+LATENCY_RECOVERY = ("kernels.optimize", {})
+
+
+def recovery_plan(events: list[dict]) -> list[tuple[str, str, dict]]:
+    """(rule, task name, kwargs) for every rule that just fired and has a recovery action;
+    one run per task even when several rules call for it."""
+    plan, seen = [], set()
+    for ev in events:
+        if ev["event"] != "fired":
+            continue
+        action = RECOVERY.get(ev["rule"]) or (LATENCY_RECOVERY if ev["rule"].startswith("latency_") else None)
+        if action and action[0] not in seen:
+            seen.add(action[0])
+            plan.append((ev["rule"], action[0], action[1]))
+    return plan
+
+
+def record_recovery(client: redis.Redis, rule: str, task: str, now: float | None = None) -> None:
+    """Log an automatic action on the Alerts page (history + an info alert)."""
+    now = time.time() if now is None else now
+    client.xadd(schema.ALERTING_HISTORY, {"rule": rule, "event": "recovery", "ts": repr(now),
+                                          "severity": "info", "user": "auto", "value": task},
+                maxlen=HISTORY_MAXLEN, approximate=True)
+    alerts.raise_alert(client, "info", f"rule:{rule}", f"automatic recovery: {task} started", ts=now)
+
+
 def acknowledge(client: redis.Redis, rule_name: str, user: str, now: float | None = None) -> str:
     """Mark a firing rule acknowledged; a message says what happened."""
     return _operator_action(client, rule_name, user, "acknowledged", now)

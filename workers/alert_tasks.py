@@ -51,6 +51,12 @@ def evaluate_task() -> str:
     except SoftTimeLimitExceeded:
         log.warning("alerts.evaluate: over its soft time limit")
         return "failed"
+    for rule, task, kwargs in alerting.recovery_plan(events):
+        try:
+            celery_app.send_task(task, kwargs=kwargs)
+            alerting.record_recovery(client, rule, task)
+        except Exception as exc:  # noqa: BLE001  (a failed recovery must not stop the alerts)
+            log.warning("alerts.evaluate: recovery %s for %s not started: %s", task, rule, exc)
     url = get_settings().alert_webhook_url
     if events and url:
         _notify(url, events)

@@ -73,6 +73,6 @@ def _work(client) -> dict:
 @celery_app.task(name="cache.optimize", soft_time_limit=60, time_limit=90, ignore_result=False)
 def optimize(trigger: str = "beat") -> dict:
     """One cache optimization run; "skipped" when another holds the lock."""
-    if trigger not in ("beat", "manual"):
+    if trigger not in ("beat", "manual", "auto"):
         return {"status": "failed", "reason": f"unknown trigger {trigger!r}"}
     return run_locked("cache", LOCK_S, _work, trigger)

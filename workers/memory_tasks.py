@@ -65,7 +65,7 @@ def _work(client, trigger: str) -> dict:
 @celery_app.task(name="memory.optimize", soft_time_limit=60, time_limit=90, ignore_result=False)
 def optimize(trigger: str = "beat") -> dict:
     """One memory optimization run; "skipped" when another holds the lock."""
-    if trigger not in ("beat", "manual"):
+    if trigger not in ("beat", "manual", "auto"):
         return {"status": "failed", "reason": f"unknown trigger {trigger!r}"}
     return run_locked("memory", LOCK_S, lambda c: _work(c, trigger), trigger)
 

@@ -81,3 +81,15 @@ def test_measure_reads_stage_ratios_from_telemetry(isolated_client):
     assert values["cpu_pct"] is None and values["p99_over_threshold:total_pipeline"] is None
     assert set(values) >= alerting.known_metrics(get_settings().stage_thresholds_ms)
     isolated_client.delete(schema.ALERTING_STATE)
+
+
+def test_fired_rules_plan_their_recovery_once_per_task_and_it_is_logged(isolated_client):
+    events = [{"rule": "memory_high", "event": "fired"}, {"rule": "console_memory_budget", "event": "fired"},
+              {"rule": "latency_total_pipeline", "event": "fired"}, {"rule": "cpu_high", "event": "fired"},
+              {"rule": "throughput_low", "event": "resolved"}]
+    assert alerting.recovery_plan(events) == [("memory_high", "memory.optimize", {"trigger": "auto"}),
+                                              ("latency_total_pipeline", "kernels.optimize", {})]
+    alerting.record_recovery(isolated_client, "memory_high", "memory.optimize", now=5.0)
+    [entry] = alerting.history(isolated_client)
+    assert entry["event"] == "recovery" and entry["value"] == "memory.optimize"
+    assert "automatic recovery: memory.optimize" in alerts.recent_alerts(isolated_client)[0]["message"]

@@ -42,3 +42,15 @@ def test_webhook_receives_the_events_as_json_and_a_dead_one_is_only_logged():
     server.server_close()
     assert received == [{"source": "trading-console", "events": events}]
     alert_tasks._notify(f"http://127.0.0.1:{server.server_port}/hook", events)   # closed: no raise
+
+
+def test_recovery_task_runs_on_the_real_worker_with_an_auto_trigger(celery_worker_process, redis_url):
+    from celery_config import celery_app
+    from core import alerting
+    from core.memory import read_history
+    client = schema.connect(redis_url)
+    [(rule, task, kwargs)] = alerting.recovery_plan([{"rule": "memory_high", "event": "fired"}])
+    celery_app.send_task(task, kwargs=kwargs)
+    run = wait_for(lambda: next((r for r in read_history(client, "memory", 20) if r.get("trigger") == "auto"),
+                                None), 60, 0.5, "memory.optimize run with trigger auto")
+    assert run["status"] == "done" and run["changes"]
