@@ -77,7 +77,8 @@ def test_pipeline_stops_trading_within_the_heartbeat_when_redis_is_killed(tmp_pa
         wait_for(lambda: status(client).get("orders_total", 0) > 50, 40, what="orders")
         time.sleep(1.0)
         # read before the kill: this server keeps no data across it (appendonly off)
-        traded_until = max(float(o["ts"]) for o in orders(client))
+        traded_until = max(float(o["ts"]) for o in wait_for(lambda: orders(client), 10,
+                                                             what="persisted orders"))
         killed = time.time()
         server.kill()
         server.wait(5)
