@@ -16,14 +16,11 @@ DB = 6
 
 
 @pytest.fixture
-def own_db(redis_url, monkeypatch):
+def own_db(own_db, redis_url, monkeypatch):
+    # the conftest database DB, and the task module's client pointed at it
     url = redis_url.rsplit("/", 1)[0] + f"/{DB}"
-    client = schema.connect(url)
-    client.flushdb()
     monkeypatch.setattr(_optimize, "_client", lambda: schema.connect(url))
-    yield client
-    client.flushdb()
-    client.close()
+    return own_db
 
 
 def test_memory_optimize_records_gc_and_memory_before_after_in_history(own_db):

@@ -13,15 +13,12 @@ DB = 14
 
 
 @pytest.fixture
-def own_db(redis_url, monkeypatch):
+def own_db(own_db, redis_url, monkeypatch):
     """The task on a database of its own: a session-wide console may be computing too."""
+    # the conftest database DB, and the task module's client pointed at it
     url = redis_url.rsplit("/", 1)[0] + f"/{DB}"
-    client = schema.connect(url)
-    client.flushdb()
     monkeypatch.setattr(risk_tasks, "_client", lambda: schema.connect(url))
-    yield client
-    client.flushdb()
-    client.close()
+    return own_db
 
 
 def test_compute_writes_the_risk_document_and_releases_the_lock(own_db):
