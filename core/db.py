@@ -17,19 +17,22 @@ Optimizer:
 """
 from __future__ import annotations
 
+import functools
 import queue
 import re
 import sqlite3
 import statistics
 import threading
 import time
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from time import perf_counter_ns
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from core import cache as cache_mod
 from core import history
 from core.telemetry import measure_latency
 
@@ -132,6 +135,72 @@ def read_closes_window(db: Database, start_day: int, days: int) -> np.ndarray:
     for day, sym, close in rows:
         mat[row_of[day], col[sym]] = close
     return mat[~np.isnan(mat).any(axis=1)]
+
+
+# ---- the same read in day blocks, through a cache (range-chunked caching) ---------------
+BLOCK_DAYS = 64              # a quarter of a trading year: ~11 kB per block for 21 series
+BLOCK_SQL = "SELECT day, symbol, close FROM daily_bars WHERE day BETWEEN ? AND ? AND symbol IN ({})"
+Query = Callable[[str, Sequence], list]
+
+
+def closes_block(query: Query, symbols: Sequence[str], first_day: int, last_day: int) -> np.ndarray:
+    """Closes of `symbols` (columns, in the given order) for every day index first..last_day
+    (rows), NaN where a day has no bar for a symbol. `query(sql, params)` returns rows:
+    `Database.query`, or `lambda sql, p: conn.execute(sql, p).fetchall()` on a connection."""
+    mat = np.full((int(last_day) - int(first_day) + 1, len(symbols)), np.nan)
+    col = {s: i for i, s in enumerate(symbols)}
+    sql = BLOCK_SQL.format(",".join("?" * len(symbols)))
+    for day, sym, close in query(sql, (int(first_day), int(last_day), *symbols)):
+        mat[day - first_day, col[sym]] = close
+    return mat
+
+
+def _complete(rows: np.ndarray) -> np.ndarray:
+    """The rows without NaN, as a new array (never a view of a cached block)."""
+    if not np.isnan(rows.sum()):           # the usual case: one reduction instead of a mask
+        return rows.copy()
+    return rows[~np.isnan(rows).any(axis=1)]
+
+
+@functools.lru_cache(maxsize=256)
+def _blocks_name(symbols: tuple[str, ...]) -> str:
+    if not symbols:
+        raise ValueError("symbols must not be empty")
+    return f"closes:{len(symbols)}:{zlib.crc32(','.join(symbols).encode()):08x}"
+
+
+def cached_closes(cache, query: Query, symbols: Sequence[str], first_day: int, last_day: int,
+                  newest: int, block_days: int = BLOCK_DAYS) -> np.ndarray:
+    """Closes of `symbols` for days first_day..last_day (rows: the days that have every symbol,
+    oldest first), read from day blocks through `cache` (core.cache.read_blocks). Same rows as
+    a direct read of the range; `newest` is the history's latest day index."""
+    blocks = cache_mod.read_blocks(cache, _blocks_name(tuple(symbols)), first_day, last_day, block_days,
+                                   newest, lambda lo, hi: closes_block(query, symbols, lo, hi))
+    if not blocks:
+        return np.empty((0, len(symbols)))
+    start = (first_day // block_days) * block_days
+    lo, hi = first_day - start, min(last_day, newest) - start + 1
+    return _complete(blocks[0][lo:hi] if len(blocks) == 1 else np.concatenate(blocks)[lo:hi])
+
+
+def cached_closes_tail(cache, query: Query, symbols: Sequence[str], newest: int,
+                       rows: int | None = None, block_days: int = BLOCK_DAYS) -> np.ndarray:
+    """The newest `rows` complete days of closes of `symbols` (all of them when None; fewer
+    when the history is shorter), oldest first, walking day blocks back from `newest` through
+    `cache`: what history.closes_matrix(conn, symbols)[-rows:] returns, without re-reading the
+    closed part of the history on every new day."""
+    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
+        raise ValueError(f"rows must be a positive int or None, got {rows!r}")
+    parts, have, hi = [], 0, int(newest)
+    while hi >= 0 and (rows is None or have < rows):
+        span = hi + 1 if rows is None else max(1, rows - have)
+        lo = max(0, ((hi - span + 1) // block_days) * block_days)
+        part = cached_closes(cache, query, symbols, lo, hi, newest, block_days)
+        parts.append(part)
+        have += len(part)
+        hi = lo - 1
+    out = np.concatenate(parts[::-1]) if parts else np.empty((0, len(symbols)))
+    return out if rows is None else out[-rows:]
 
 
 # ---- timing ---------------------------------------------------------------------------

@@ -12,7 +12,8 @@ import time
 
 import redis
 
-from core import alerting, health, metrics, schema
+from core import alerting, health, metrics, runtime_config, schema
+from core.cache import merge_statistics, read_statistics
 from core.telemetry import query
 
 WINDOW_S = 300
@@ -23,12 +24,9 @@ ORDER = {"critical": 0, "warning": 1, "info": 2}
 
 
 def _cache_summary(client: redis.Redis) -> dict | None:
-    hits = requests = 0
-    for key in client.scan_iter(match=schema.cache_stats("*"), count=200):
-        stats = schema.loads(client.get(key)) or {}
-        requests += stats.get("requests") or 0
-        hits += ((stats.get("l1") or {}).get("hits") or 0) + ((stats.get("l2") or {}).get("hits") or 0)
-    return {"requests": requests, "multitier_hit_rate": hits / requests} if requests else None
+    merged = merge_statistics(read_statistics(client))
+    return ({"requests": merged["requests"], "multitier_hit_rate": merged["multitier_hit_rate"]}
+            if merged["requests"] else None)
 
 
 def get_comprehensive_performance_report(client: redis.Redis, settings, now: float | None = None,
@@ -36,13 +34,14 @@ def get_comprehensive_performance_report(client: redis.Redis, settings, now: flo
     """The whole picture as JSON-ready data, with `recommendations` attached."""
     stats = query.get_latency_statistics(client, window_s=window_s, now=now)
     risk = schema.loads(client.get(schema.RISK_LATEST)) or {}
+    config = runtime_config.current(client, settings)
     report = {
         "generated_at": time.time() if now is None else now,
         "window_s": window_s,
         "health": health.health_status(client, settings),
         "latency": stats,
         "bottleneck": query.identify_bottlenecks(stats),
-        "throughput": {"target_ops_s": 0.9 * settings.tick_rate,
+        "throughput": {"target_ops_s": config["alerts.throughput_target_ops_s"],
                        **query.throughput_trend(client, "total_pipeline", window_s, now)},
         "system": metrics.latest_metrics(client) or {},
         "kernels": {"selection": schema.loads(client.get(schema.KERNELS_SELECTION)) or {},
@@ -50,7 +49,7 @@ def get_comprehensive_performance_report(client: redis.Redis, settings, now: flo
         "model": schema.loads(client.get(schema.MODEL_METRICS)) or {},
         "cache": _cache_summary(client),
         "risk": {k: risk.get(k) for k in ("equity", "leverage", "n_positions", "var")} if risk else {},
-        "alerts_firing": [r for r in alerting.rule_states(client, alerting.default_rules(settings))
+        "alerts_firing": [r for r in alerting.rule_states(client, alerting.default_rules(config))
                           if r.get("state") == "firing"],
     }
     report["recommendations"] = generate_optimization_recommendations(report)

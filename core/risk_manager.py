@@ -17,11 +17,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-import zlib
 
 import numpy as np
 
-from core import alerts, history, risk, schema
+from core import alerts, db, history, risk, schema
 
 log = logging.getLogger(__name__)
 
@@ -113,26 +112,29 @@ def read_daily(client, limit: int = 2000) -> list[dict]:
     return rows
 
 
-def read_closes(conn, symbols: list[str], cache=None) -> np.ndarray:
-    """Daily closes (days x symbols), through `cache` (a core.cache.CacheManager) when given.
-    The key carries the history's latest day, so a new day is a new key: no invalidation to
-    miss, and stale versions age out by TTL."""
+def read_closes(conn, symbols: list[str], cache=None, last_rows: int | None = None) -> np.ndarray:
+    """Daily closes (days x symbols, oldest first; days missing a symbol dropped), the newest
+    `last_rows` days (all when None). Through `cache` (a core.cache.CacheManager) the history
+    is read in day blocks (core.db.cached_closes_tail): closed blocks never change and are
+    shared by every read, and a new day is a new key for the open block only, so nothing
+    stale is read and a new day does not re-read the whole history."""
     if cache is None:
-        return history.closes_matrix(conn, symbols)
+        closes = history.closes_matrix(conn, symbols)
+        return closes if last_rows is None else closes[-last_rows:]
     last = history.last_day(conn)
-    digest = zlib.crc32(",".join(symbols).encode())
-    key = f"risk:closes:{last[0] if last else -1}:{len(symbols)}:{digest:08x}"
-    return cache.get_cached_data(key, lambda: history.closes_matrix(conn, symbols))
+    if last is None:
+        return np.empty((0, len(symbols)))
+    return db.cached_closes_tail(cache, lambda sql, params: conn.execute(sql, params).fetchall(),
+                                 symbols, last[0], last_rows)
 
 
 def asset_returns(conn, symbols: list[str], lookback: int, cache=None) -> np.ndarray:
     """Simple daily returns (days x symbols) of the last `lookback` days from the closes."""
     if not symbols:
         return np.empty((0, 0))
-    closes = read_closes(conn, symbols, cache)
+    closes = read_closes(conn, symbols, cache, last_rows=lookback + 1)
     if len(closes) < 2:
         return np.empty((0, len(symbols)))
-    closes = closes[-(lookback + 1):]
     return closes[1:] / closes[:-1] - 1.0
 
 

@@ -11,35 +11,30 @@ from __future__ import annotations
 import time
 
 from celery_config import celery_app
-from core import cache, schema
+from core import cache, runtime_config, schema
 from core.alerts import raise_alert
-from core.settings import get_settings
 from workers._optimize import run_locked
 
 LOCK_S = 120
 HIT_RATE_TARGET = 0.90     # the spec's multi-tier hit rate
 
 
-def _merge(stats: dict[str, dict]) -> tuple[dict, dict]:
+def _merge_profiles(stats: dict[str, dict]) -> dict:
+    """Per prefix, the access profile of the process that saw it most."""
     profile: dict[str, dict] = {}
-    tiers = {t: {"hits": 0, "misses": 0} for t in ("l1", "l2", "l3")}
     for st in stats.values():
-        for t in tiers:
-            for k in ("hits", "misses"):
-                tiers[t][k] += int((st.get(t) or {}).get(k) or 0)
         for prefix, p in (st.get("profile") or {}).items():
             cur = profile.get(prefix)
             if cur is None or p.get("requests", 0) > cur.get("requests", 0):
                 profile[prefix] = p
-    return profile, tiers
+    return profile
 
 
 def _work(client) -> dict:
-    s = get_settings()
+    s = runtime_config.effective_settings(runtime_config.live("worker").values)
     stats = cache.read_statistics(client)
-    profile, tiers = _merge(stats)
-    requests = tiers["l1"]["hits"] + tiers["l1"]["misses"]
-    hit_rate = (tiers["l1"]["hits"] + tiers["l2"]["hits"]) / requests if requests else None
+    profile, merged = _merge_profiles(stats), cache.merge_statistics(stats)
+    requests, hit_rate = merged["requests"], merged["multitier_hit_rate"]
     policy = schema.read_json_hash(client, schema.CACHE_POLICY)
     l1_now = int(client.get(schema.CACHE_L1_SIZE) or s.cache_max_entries)
     rec = cache.recommend(profile, {p: v.get("ttl_s", s.cache_ttl_s) for p, v in policy.items()
@@ -50,8 +45,7 @@ def _work(client) -> dict:
         pipe.hset(schema.CACHE_POLICY, prefix, schema.dumps({**(policy.get(prefix) or {}), "ttl_s": ttl}))
     pipe.set(schema.CACHE_L1_SIZE, rec["l1_max_entries"])
     sample = {"t": time.time(), "requests": requests, "multitier_hit_rate": hit_rate,
-              **{f"{t}_hit_rate": (v["hits"] / (v["hits"] + v["misses"]) if v["hits"] + v["misses"] else None)
-                 for t, v in tiers.items()}}
+              **{f"{t}_hit_rate": v["hit_rate"] for t, v in merged["tiers"].items()}}
     schema.add_to_series(pipe, schema.CACHE_STATS_SERIES, sample["t"], schema.dumps(sample),
                          schema.SECOND_SERIES_RETENTION_S)
     pipe.execute()

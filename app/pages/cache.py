@@ -60,22 +60,6 @@ def poll_task(_n, task_id):
     return optimizations.poll(task_id)
 
 
-def _merged_stats(stats: dict[str, dict]) -> dict:
-    tiers = {t: {"hits": 0, "misses": 0, "p50_us": [], "p99_us": []} for t, _ in TIERS}
-    size = evictions = 0
-    for st in stats.values():
-        for t, _ in TIERS:
-            part = st.get(t) or {}
-            tiers[t]["hits"] += part.get("hits") or 0
-            tiers[t]["misses"] += part.get("misses") or 0
-            for q in ("p50_us", "p99_us"):
-                if part.get(q) is not None:
-                    tiers[t][q].append(part[q])
-        size += (st.get("l1") or {}).get("size") or 0
-        evictions += (st.get("l1") or {}).get("evictions") or 0
-    return {"tiers": tiers, "size": size, "evictions": evictions}
-
-
 def _tier_fallback(_n):
     msg = html.P("Redis unreachable.", className="text-warning")
     return charts.empty_figure("Redis unreachable"), msg, msg
@@ -90,23 +74,21 @@ def update_tiers(_n):
     fig = charts.time_series(series, [("multitier_hit_rate", "multi-tier"), ("l1_hit_rate", "L1"),
                                       ("l2_hit_rate", "L2")], "Hit rate per tier", "hit rate",
                              threshold=HIT_RATE_TARGET, threshold_label="90% target")
-    merged = _merged_stats(cache.read_statistics(client))
+    merged = cache.merge_statistics(cache.read_statistics(client))
     rows = []
     for t, label in TIERS:
         v = merged["tiers"][t]
-        total = v["hits"] + v["misses"]
         rows.append(html.Tr([html.Td(label), html.Td(f"{v['hits']:,}"), html.Td(f"{v['misses']:,}"),
-                             html.Td("–" if not total else f"{v['hits'] / total:.1%}"),
-                             html.Td(charts.fmt_us(max(v["p50_us"]) if v["p50_us"] else None)),
-                             html.Td(charts.fmt_us(max(v["p99_us"]) if v["p99_us"] else None))]))
+                             html.Td("–" if v["hit_rate"] is None else f"{v['hit_rate']:.1%}"),
+                             html.Td(charts.fmt_us(v["p50_us"])), html.Td(charts.fmt_us(v["p99_us"]))]))
     table = html.Div([
         dbc.Table([html.Thead(html.Tr([html.Th(h) for h in ("Tier", "Hits", "Misses", "Hit rate",
                                                             "p50", "p99")])), html.Tbody(rows)],
                   size="sm", striped=True, id="cache-tier-stats"),
-        html.P(f"L1 entries {merged['size']:,} · evictions {merged['evictions']:,}", className="small")])
-    requests = merged["tiers"]["l1"]["hits"] + merged["tiers"]["l1"]["misses"]
-    served = merged["tiers"]["l1"]["hits"] + merged["tiers"]["l2"]["hits"]
-    live = f"{served / requests:.1%} (target ≥ {HIT_RATE_TARGET:.0%})" if requests else "– (no cache traffic)"
+        html.P(f"L1 entries {merged['l1_size']:,} · evictions {merged['l1_evictions']:,} · "
+               f"p50/p99: the slowest process", className="small")])
+    rate = merged["multitier_hit_rate"]
+    live = f"{rate:.1%} (target ≥ {HIT_RATE_TARGET:.0%})" if rate is not None else "– (no cache traffic)"
     info = client.info()
     hits, misses = info.get("keyspace_hits", 0), info.get("keyspace_misses", 0)
     redis_row = dbc.Row([dbc.Col(html.Div([html.Div(label, className="small text-body-secondary"),

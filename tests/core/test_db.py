@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pytest
 
 from core import db, history
@@ -122,3 +123,60 @@ def test_bad_sql_gives_a_clear_error(database):
         db.analyze_query(database, "SELECT 1; DROP TABLE daily_bars")
     with pytest.raises(ValueError):
         db.rewrite_query(database, "")
+
+
+# ---- range-chunked reads through the cache -----------------------------------------------
+def _all_symbols(database):
+    return [r[0] for r in database.query("SELECT DISTINCT symbol FROM daily_bars ORDER BY symbol")]
+
+
+def test_windows_read_from_day_blocks_equal_direct_reads_and_share_their_blocks(database):
+    from core.cache import CacheManager
+    cm = CacheManager(None, record_telemetry=False)
+    symbols, newest = _all_symbols(database), 399
+    windows = [(s, d) for s in range(0, 380, 7) for d in (1, 20, 59)]
+    for start, days in windows:
+        got = db.cached_closes(cm, database.query, symbols, start, start + days - 1, newest, block_days=32)
+        np.testing.assert_array_equal(got, db.read_closes_window(database, start, days))
+    assert cm.loads == 400 // 32 + 1          # each block once, not each of the 162 windows once
+    past = db.cached_closes(cm, database.query, symbols, 390, 450, newest, block_days=32)
+    np.testing.assert_array_equal(past, db.read_closes_window(database, 390, 10))   # clipped to newest
+
+
+def test_the_tail_skips_incomplete_days_like_closes_matrix_and_a_new_day_reloads_one_block(tmp_path):
+    from core.cache import CacheManager
+    url = db.sqlite_url(tmp_path / "gaps.db")
+    conn = history.connect(url)
+    model = FactorModel.from_seed(4, 5)
+    history.backfill(conn, model, 200, 5)
+    with conn:
+        conn.execute("DELETE FROM daily_bars WHERE day = 150 AND symbol = ?", (model.symbols[1],))
+        conn.execute("DELETE FROM daily_bars WHERE day BETWEEN 170 AND 175")
+    query = lambda sql, p: conn.execute(sql, p).fetchall()   # noqa: E731
+    cm = CacheManager(None, record_telemetry=False)
+    symbols = list(model.symbols)
+    full = history.closes_matrix(conn, symbols)
+    for rows in (1, 30, 40, 60, 199, 10_000):      # 40: the gaps make the walk read further back
+        np.testing.assert_array_equal(db.cached_closes_tail(cm, query, symbols, 199, rows, 16), full[-rows:])
+    np.testing.assert_array_equal(db.cached_closes_tail(cm, query, symbols, 199, None, 16), full)
+    loads = cm.loads
+    day, date = history.last_day(conn)
+    history.append_day(conn, 200, history.next_business_day(date),
+                       {s: (1.0, 1.0, 1.0, 1.0, 1.0) for s in symbols})
+    tail = db.cached_closes_tail(cm, query, symbols, 200, 60, 16)
+    np.testing.assert_array_equal(tail, history.closes_matrix(conn, symbols)[-60:])
+    assert cm.loads == loads + 1 and tail[-1].tolist() == [1.0] * 4    # the open block only
+    conn.close()
+
+
+def test_chunked_reads_reject_bad_ranges_with_a_message(database):
+    from core.cache import CacheManager
+    cm = CacheManager(None, record_telemetry=False)
+    with pytest.raises(ValueError, match="rows must be a positive int"):
+        db.cached_closes_tail(cm, database.query, ["S00"], 10, 0)
+    with pytest.raises(ValueError, match="is after last"):
+        db.cached_closes(cm, database.query, ["S00"], 20, 10, 399)
+    with pytest.raises(ValueError, match="symbols must not be empty"):
+        db.cached_closes(cm, database.query, [], 0, 10, 399)
+    with pytest.raises(ValueError, match="index >= 0"):
+        db.cached_closes(cm, database.query, ["S00"], -5, 10, 399)
