@@ -14,11 +14,11 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
+from typing import Mapping
 
 import redis
 
-from core import alerts, metrics, schema
-from core.settings import get_settings
+from core import alerts, metrics, runtime_config, schema
 from core.telemetry import query
 
 OPS = {">": lambda v, t: v > t, "<": lambda v, t: v < t}
@@ -56,21 +56,25 @@ def known_metrics(stages) -> set[str]:
     return base | {f"p99_over_threshold:{s}" for s in stages}
 
 
-def default_rules(settings=None) -> list[Rule]:
-    """The spec's rules: CPU and memory above 80 % (warning), a stage's p99 over its threshold
-    (critical), throughput under target (degraded), console memory over the 2 GB budget."""
-    settings = settings or get_settings()
+def default_rules(config: Mapping | None = None) -> list[Rule]:
+    """The spec's rules with the runtime settings' thresholds and for-durations (a mapping of
+    core.runtime_config values; None = the defaults): CPU above alerts.cpu_pct and memory above
+    memory_threshold_pct (warning, 80 % by default), a stage's p99 over its threshold
+    (critical), throughput under target (degraded), console memory over its budget (warning)."""
+    c = config if config is not None else runtime_config.defaults()
+    cpu, mem, target = c["alerts.cpu_pct"], c["memory_threshold_pct"], c["alerts.throughput_target_ops_s"]
+    budget, held = c["alerts.console_memory_budget_mib"] * 1024**2, c["alerts.resource_for_s"]
     rules = [
-        Rule("cpu_high", "cpu_pct", ">", 80.0, 60.0, "warning", "CPU above 80 %"),
-        Rule("memory_high", "mem_pct", ">", 80.0, 60.0, "warning", "memory above 80 %"),
-        Rule("console_memory_budget", "console_rss_bytes", ">", 2.0 * GiB, 60.0, "warning",
-             "console processes above the 2 GB memory budget"),
-        Rule("throughput_low", "throughput_ops_s", "<", 0.9 * settings.tick_rate, 30.0, "degraded",
-             f"throughput under 90 % of {settings.tick_rate:.0f} ticks/s"),
+        Rule("cpu_high", "cpu_pct", ">", cpu, held, "warning", f"CPU above {cpu:g} %"),
+        Rule("memory_high", "mem_pct", ">", mem, held, "warning", f"memory above {mem:g} %"),
+        Rule("console_memory_budget", "console_rss_bytes", ">", budget, held, "warning",
+             f"console processes above the {budget / GiB:g} GiB memory budget"),
+        Rule("throughput_low", "throughput_ops_s", "<", target, c["alerts.throughput_for_s"], "degraded",
+             f"throughput under the target of {target:.0f} ticks/s"),
     ]
-    rules += [Rule(f"latency_{stage}", f"p99_over_threshold:{stage}", ">", 1.0, 15.0, "critical",
-                   f"{stage} p99 over its {ms:g} ms threshold")
-              for stage, ms in settings.stage_thresholds_ms.items()]
+    rules += [Rule(f"latency_{stage}", f"p99_over_threshold:{stage}", ">", 1.0, c["alerts.latency_for_s"],
+                   "critical", f"{stage} p99 over its {ms:g} ms threshold")
+              for stage, ms in runtime_config.stage_thresholds(c).items()]
     return rules
 
 
@@ -148,13 +152,15 @@ def evaluate(client: redis.Redis, rules: list[Rule], values: dict, now: float | 
     return events
 
 
-# Automatic recovery (the spec's): what runs when a rule fires. High latency and low
-# throughput re-select backends and batch size; memory pressure collects and cleans caches.
-# The tasks record their own before/after figures in their optimization history.
+# Automatic recovery (the spec's): what runs when a rule fires. High latency re-selects
+# backends and batch size; low throughput adds parallelism or caching through the runtime
+# settings (alerts.recover_throughput, which then re-runs kernels.optimize); memory pressure
+# collects and cleans caches. Each action records its own before/after figures.
 RECOVERY = {"memory_high": ("memory.optimize", {"trigger": "auto"}),
             "console_memory_budget": ("memory.optimize", {"trigger": "auto"}),
-            "throughput_low": ("kernels.optimize", {})}
+            "throughput_low": ("alerts.recover_throughput", {"rule": "throughput_low"})}
 LATENCY_RECOVERY = ("kernels.optimize", {})
+RECOVERY_CACHE_MAX_FACTOR = 8      # automatic caching growth stops at 8x the configured default
 
 
 def recovery_plan(events: list[dict]) -> list[tuple[str, str, dict]]:
@@ -171,13 +177,34 @@ def recovery_plan(events: list[dict]) -> list[tuple[str, str, dict]]:
     return plan
 
 
-def record_recovery(client: redis.Redis, rule: str, task: str, now: float | None = None) -> None:
-    """Log an automatic action on the Alerts page (history + an info alert)."""
+def throughput_recovery(values: Mapping, base: Mapping, cpu_count: int) -> dict:
+    """The settings change low throughput calls for (pure): more parallelism first, max_workers
+    doubled up to the CPU count; once there, more caching, L1 entries and TTL doubled up to
+    RECOVERY_CACHE_MAX_FACTOR x their defaults (`base`). {} when both are exhausted."""
+    workers = int(values["max_workers"])
+    if workers < cpu_count:
+        return {"max_workers": min(cpu_count, 2 * workers)}
+    change = {}
+    for key in ("cache_max_entries", "cache_ttl_s"):
+        cap = base[key] * RECOVERY_CACHE_MAX_FACTOR
+        hi = runtime_config.REGISTRY[key].hi
+        grown = min(cap, hi, values[key] * 2)
+        if grown > values[key]:
+            change[key] = int(grown) if key == "cache_max_entries" else float(grown)
+    return change
+
+
+def record_recovery(client: redis.Redis, rule: str, task: str, now: float | None = None,
+                    message: str | None = None, event: str = "recovery") -> None:
+    """Log an automatic action on the Alerts page (history + an info alert); `message` says
+    what it changed with its figures (default: "<task> started")."""
     now = time.time() if now is None else now
-    client.xadd(schema.ALERTING_HISTORY, {"rule": rule, "event": "recovery", "ts": repr(now),
-                                          "severity": "info", "user": "auto", "value": task},
+    client.xadd(schema.ALERTING_HISTORY, {"rule": rule, "event": event, "ts": repr(now),
+                                          "severity": "info", "user": "auto", "value": message or task},
                 maxlen=HISTORY_MAXLEN, approximate=True)
-    alerts.raise_alert(client, "info", f"rule:{rule}", f"automatic recovery: {task} started", ts=now)
+    text = message or f"{task} started"
+    label = "automatic recovery" if event == "recovery" else "recovery effect"
+    alerts.raise_alert(client, "info", f"rule:{rule}", f"{label}: {text}", ts=now)
 
 
 def acknowledge(client: redis.Redis, rule_name: str, user: str, now: float | None = None) -> str:

@@ -19,12 +19,18 @@ def _text(v) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
+def audit_fields(action: str, user: str, source: str, reason: str, details: dict,
+                 ts: float | None = None) -> dict:
+    """One audit record's stream fields (for callers that append it inside their own MULTI)."""
+    ts = time.time() if ts is None else float(ts)
+    return {"ts": repr(ts), "action": action, "user": user, "source": source,
+            "reason": reason, "details": schema.dumps(details)}
+
+
 def write_audit(client, action: str, user: str, source: str, reason: str, details: dict,
                 ts: float | None = None) -> str | None:
     """Append one audit record; returns its id, or None when Redis refused it (logged)."""
-    ts = time.time() if ts is None else float(ts)
-    fields = {"ts": repr(ts), "action": action, "user": user, "source": source,
-              "reason": reason, "details": schema.dumps(details)}
+    fields = audit_fields(action, user, source, reason, details, ts)
     try:
         rid = client.xadd(schema.AUDIT, fields, maxlen=schema.AUDIT_MAXLEN, approximate=True)
     except redis.RedisError as exc:

@@ -2,13 +2,23 @@
 
 L1   in-process OrderedDict LRU with a TTL per entry, bounded by entries and by bytes. Values
      are returned by reference: callers must treat them as read-only.
-L2   Redis through a connection pool; entries are `schema.cache_value(key)` strings in the
-     wire format below with PX = TTL; pipelined get_many / set_many. Its capacity is stated
+L2   Redis; entries are `schema.cache_value(key)` strings in the wire format below with
+     PX = TTL; pipelined get_many / set_many. Its capacity is stated
      (settings.cache_l2_max_bytes) and enforced by `enforce_l2_capacity` (idlest first).
+     Per-request commands go over each thread's own single-connection client (no pool
+     checkout/release per command). A read with a loader is one script: the entry, or else the
+     load lock taken (a miss pays one round trip, not GET then SET NX).
 L3   the caller's loader (a database read); `get_cached_data` fills the upper tiers in the
-     caller's thread. `write_behind=True` hands the L2 fill to a thread instead (batched SET NX,
-     `flush()` waits for it); off by default: on the Zipf benchmark the thread's GIL hand-offs
-     made L2 hits slower (median ~207 µs against ~114 µs) than the round trip it saved.
+     caller's thread. The L2 fill (with the lock release) is one script sent without waiting
+     for its reply: Redis runs it on arrival; the replies are read in batches, before explicit
+     writes and invalidations, and by `flush()`, and a failed fill is counted as an L2 error.
+     (A fill thread was tried first: its GIL hand-offs made L2 hits slower than the round trip
+     it saved.)
+
+Range-chunked reads (`read_blocks`): a window of an append-only axis (days) is served from
+fixed-size blocks cached under their own keys (`block_key`: closed blocks never change, the
+open block is keyed by the newest index), so overlapping windows share blocks.
+core.db.cached_closes / cached_closes_tail build the risk code's closes reads on it.
 
 Tier policy per key prefix (the text before the first ':'): TTL and whether to skip L2.
 `choose_tiers` decides skip_l2 by measurement: where the loader answered faster than Redis
@@ -31,11 +41,12 @@ Every access is recorded as the `cache_access` telemetry stage.
 """
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import logging
 import math
 import os
-import queue
 import socket
 import struct
 import sys
@@ -62,6 +73,7 @@ _TIERS = ("l1", "l2", "l3")
 _RING = 4096                           # latency samples kept per tier for p50/p99
 L2_BACKOFF_S = 1.0
 LOAD_LOCK_MS = 5000
+FILL_ACK_BATCH = 16                    # L2 fills sent before their replies are read (one recv)
 
 
 class CorruptEntryError(ValueError):
@@ -96,7 +108,7 @@ def _column_value(head: dict, data: memoryview, offset: int) -> tuple[Any, int]:
     if "str" in head:
         return np.array(head["str"], dtype=object), offset
     dtype = np.dtype(head["dtype"])
-    n = dtype.itemsize * int(np.prod(head["shape"], dtype=np.int64))
+    n = dtype.itemsize * math.prod(head["shape"])
     arr = np.frombuffer(data[offset:offset + n], dtype=dtype).reshape(head["shape"]).copy()
     return arr, offset + n
 
@@ -176,7 +188,7 @@ def decode(blob: bytes) -> Any:
         if kind == 4:
             meta = json.loads(head)
             dtype = np.dtype(meta["dtype"])
-            if dtype.itemsize * int(np.prod(meta["shape"], dtype=np.int64)) != len(body):
+            if dtype.itemsize * math.prod(meta["shape"]) != len(body):   # math.prod: np.prod costs ~3 µs
                 raise CorruptEntryError("array length does not match its header")
             return np.frombuffer(body, dtype=dtype).reshape(meta["shape"]).copy()
         if kind in (5, 6):
@@ -264,8 +276,7 @@ class CacheManager:
     def __init__(self, client: redis.Redis | None = None, max_entries: int = 1000,
                  max_bytes: int = 64 * 1024**2, default_ttl_s: float = 300.0,
                  max_value_bytes: int = 8 * 1024**2, l2_max_bytes: int = 256 * 1024**2,
-                 clock: Callable[[], float] = time.monotonic, record_telemetry: bool = True,
-                 write_behind: bool = False):
+                 clock: Callable[[], float] = time.monotonic, record_telemetry: bool = True):
         for name, v in (("max_entries", max_entries), ("max_bytes", max_bytes),
                         ("max_value_bytes", max_value_bytes), ("l2_max_bytes", l2_max_bytes)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -293,10 +304,8 @@ class CacheManager:
         self._stop = threading.Event()
         self.access_log: list[tuple[float, str, str]] | None = None   # (t, key, tier) when enabled
         self._stage_buf = RECORDER.stage("cache_access").buf if record_telemetry else None
-        self.write_behind = write_behind
-        self._fills: queue.Queue = queue.Queue()
-        self._writer: threading.Thread | None = None
-        self._writer_pid = 0
+        self._local = threading.local()                     # this thread's single-connection client
+        self._tokens = itertools.count()
 
     @classmethod
     def from_settings(cls, client: redis.Redis | None, settings=None, **kwargs) -> "CacheManager":
@@ -467,6 +476,7 @@ class CacheManager:
         _check_key(key)
         self._drop_l1(key)
         if self._l2_ok():
+            self._drain_fills()  # so a fill sent earlier cannot land after the delete
             try:
                 pipe = self.client.pipeline(transaction=False)
                 pipe.delete(schema.cache_value(key))
@@ -496,10 +506,7 @@ class CacheManager:
                     self._l2_unlock(key, unlock)
                 raise
             self._l1_put(key, value, ttl, max(len(blob), estimate_size(value)))
-            if self.write_behind:
-                self._enqueue_fill(key, blob, ttl, unlock)
-            else:
-                self._l2_write([(key, blob, ttl)], publish=(), unlock=(key, unlock) if unlock else None)
+            self._l2_fill(key, blob, ttl, unlock)
         else:
             size = estimate_size(value)
             if size > self.max_value_bytes:
@@ -507,53 +514,72 @@ class CacheManager:
                                  f"{self.max_value_bytes} bytes")
             self._l1_put(key, value, ttl, size)
 
-    # ---- write-behind L2 fill ------------------------------------------------------------
-    def _enqueue_fill(self, key: str, blob: bytes, ttl: float, token: str | None) -> None:
-        """Hand a loaded value's L2 fill to the writer thread: the caller already has its value
-        (and L1 has it), so the Redis round trip leaves the miss path. Fills are batched into
-        pipelines; each uses SET NX so it never overwrites a newer explicit `set`."""
-        if self._writer is None or self._writer_pid != os.getpid() or not self._writer.is_alive():
-            with self._lock:
-                if self._writer is None or self._writer_pid != os.getpid() or not self._writer.is_alive():
-                    self._fills = queue.Queue()
-                    self._writer_pid = os.getpid()
-                    self._writer = threading.Thread(target=self._write_loop, name="cache-l2-fill", daemon=True)
-                    self._writer.start()
-        self._fills.put((key, blob, ttl, token))
+    # ---- L2 fill: sent now, acknowledged later -------------------------------------------
+    def _l2_fill(self, key: str, blob: bytes, ttl: float, token: str | None) -> None:
+        """Release our load lock and store a loaded value in L2: one script sent on this
+        thread's fill connection without waiting for its reply. Redis runs it on arrival, so
+        other processes see the entry as soon as with a waited call; the caller, who already
+        has its value, no longer waits a round trip. Replies are read FILL_ACK_BATCH at a time
+        (one recv), before an explicit write or invalidation, and by `flush`; a failed fill is
+        counted as an L2 error and logged."""
+        if not self._l2_ok():
+            return
+        try:
+            conn = self._fill_conn()
+            if len(self._local.pending) >= FILL_ACK_BATCH:
+                self._drain_fills()
+            conn.send_packed_command([_pack(b"EVALSHA", _SHA[_FILL], b"2", schema.cache_value(key),
+                                           _load_lock(key), blob, str(max(1, int(ttl * 1000))),
+                                           token or "")], check_health=False)
+            self._local.pending.append(key)
+        except (redis.RedisError, OSError) as exc:
+            self._l2_failed(exc)
 
-    def _write_loop(self) -> None:
-        fills = self._fills
-        while True:
-            batch = [fills.get()]
-            while len(batch) < 256:
+    def _fill_conn(self):
+        """This thread's fill connection (the pool's settings, no health-check PING: a PING
+        would read a pending fill's reply), with the fill script loaded."""
+        local = self._local
+        conn = getattr(local, "fill", None)
+        if conn is None or local.fill_pid != os.getpid():
+            pool = self.client.connection_pool
+            conn = pool.connection_class(**{**pool.connection_kwargs, "health_check_interval": 0})
+            conn.send_command("SCRIPT", "LOAD", _FILL)
+            conn.read_response()
+            local.fill, local.fill_pid, local.pending = conn, os.getpid(), []
+        return conn
+
+    def _drop_fill_conn(self) -> None:
+        conn = getattr(self._local, "fill", None)
+        self._local.fill, self._local.pending = None, []
+        if conn is not None:
+            conn.disconnect()
+
+    def _drain_fills(self) -> None:
+        """Read the replies of this thread's sent fills (they have normally arrived already)."""
+        pending = getattr(self._local, "pending", None)
+        if not pending:
+            return
+        conn, reload = self._local.fill, False
+        try:
+            for key in pending:
                 try:
-                    batch.append(fills.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                if self._l2_ok():
-                    pipe = self.client.pipeline(transaction=False)
-                    for key, blob, ttl, token in batch:
-                        pipe.set(schema.cache_value(key), blob, px=max(1, int(ttl * 1000)), nx=True)
-                        if token:
-                            pipe.eval(_UNLOCK_LUA, 1, _load_lock(key), token)
-                    pipe.execute()
-            except redis.RedisError as exc:
-                self._l2_failed(exc)
-            except Exception:  # noqa: BLE001  (the writer must outlive any one failure)
-                log.exception("cache: L2 fill failed")
-            finally:
-                for _ in batch:
-                    fills.task_done()
+                    conn.read_response()
+                except redis.ResponseError as exc:       # e.g. OOM, or the script flushed
+                    self.stats["l2"].errors += 1
+                    log.warning("cache: L2 fill of %r failed (%s)", key, exc)
+                    reload |= isinstance(exc, redis.exceptions.NoScriptError)
+            pending.clear()
+        except (redis.RedisError, OSError) as exc:
+            self._l2_failed(exc)
+            return
+        if reload:
+            self._drop_fill_conn()
 
-    def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until queued L2 fills are written; False on timeout."""
-        if self._writer is None:
-            return True
-        deadline = time.monotonic() + timeout
-        while self._fills.unfinished_tasks and time.monotonic() < deadline:
-            time.sleep(0.001)
-        return not self._fills.unfinished_tasks
+    def flush(self) -> bool:
+        """Wait until this thread's L2 fills are acknowledged; False when one failed on the way."""
+        errors = self.stats["l2"].errors
+        self._drain_fills()
+        return self.stats["l2"].errors == errors
 
     # ---- L1 ----------------------------------------------------------------------------
     def _l1_put(self, key: str, value, ttl: float, nbytes: int) -> None:
@@ -597,6 +623,24 @@ class CacheManager:
                 self._l1_bytes -= dropped[2]
                 self.evictions += 1
 
+    def apply_config(self, ttl_s: float, max_entries: int) -> None:
+        """Adopt a runtime settings change (core.runtime_config's cache_ttl_s and
+        cache_max_entries), called by the process's settings listener: new entries get the new
+        default TTL, L1 is resized at once; the hot path reads plain attributes as before."""
+        if not (isinstance(ttl_s, (int, float)) and math.isfinite(ttl_s) and ttl_s > 0):
+            raise ValueError(f"ttl_s must be a positive number, got {ttl_s!r}")
+        self.resize_l1(max_entries)
+        self.default_ttl_s = float(ttl_s)
+
+    def follow_config(self, live) -> None:
+        """Keep TTL and L1 size equal to the runtime settings of `live` (a
+        core.runtime_config.LiveConfig): adopt them now and on every change."""
+        def adopt(values, changed=None):
+            if changed is None or changed & {"cache_ttl_s", "cache_max_entries"}:
+                self.apply_config(values["cache_ttl_s"], values["cache_max_entries"])
+        adopt(live.values)
+        live.on_change(adopt)
+
     def cleanup(self, cold: bool = False) -> dict:
         """Drop expired L1 entries; with `cold`, also the least recently used half (memory
         pressure). Returns {"expired", "cold", "freed_bytes"}."""
@@ -625,6 +669,7 @@ class CacheManager:
         return self.client is not None and time.monotonic() >= self._l2_down_until
 
     def _l2_failed(self, exc: Exception) -> None:
+        self._drop_fill_conn()   # replies pending on it are lost with the server; start afresh
         self.stats["l2"].errors += 1
         if time.monotonic() >= self._l2_down_until:
             log.warning("cache: Redis unavailable (%s); serving from L1 and the database for %.0fs",
@@ -641,11 +686,19 @@ class CacheManager:
         t = perf_counter_ns()
         token = None
         try:
-            # a plain GET: hits are far more common than misses, and a script that returns the
-            # value (GET-or-lock in Lua) measured ~2x slower per hit than GET on 4-10 kB values
-            blob = self.client.get(schema.cache_value(key))
-            if blob is None and lock:
-                token = self._l2_lock(key)
+            hot = self._hot()
+            if lock:
+                # one round trip reads the entry or, when absent, takes the load lock: a miss no
+                # longer pays GET then SET NX; a hit costs a few µs more than a GET (bench/cache.py)
+                token = f"{self.origin}:{next(self._tokens)}"
+                blob = _run_script(hot, _GET_OR_LOCK, (schema.cache_value(key), _load_lock(key)),
+                                   (token, LOAD_LOCK_MS))
+                if not isinstance(blob, bytes):
+                    token, blob = (token if blob == 1 else False), None
+                else:
+                    token = None
+            else:
+                blob = hot.get(schema.cache_value(key))
         except redis.RedisError as exc:
             self._l2_failed(exc)
             st.misses += 1
@@ -667,6 +720,18 @@ class CacheManager:
         cost["l2_n"] += 1
         return True, value, None
 
+    def _hot(self) -> redis.Redis:
+        """This thread's single-connection client on the manager's pool, for the per-request
+        commands (GET, the get-or-lock and fill scripts): no pool checkout and release per
+        command, ~20 µs of a ~100 µs round trip on the benchmark machine. Created lazily (it
+        connects, so callers hold the RedisError handling) and again in a forked child."""
+        local = self._local
+        hot = getattr(local, "hot", None)
+        if hot is None or local.pid != os.getpid():
+            hot = redis.Redis(connection_pool=self.client.connection_pool, single_connection_client=True)
+            local.hot, local.pid = hot, os.getpid()
+        return hot
+
     def _corrupt(self, key: str, exc: Exception) -> None:
         self.l2_corrupt += 1
         log.warning("cache: corrupt L2 entry %r deleted (%s)", key, exc)
@@ -675,19 +740,17 @@ class CacheManager:
         except redis.RedisError as err:
             self._l2_failed(err)
 
-    def _l2_write(self, items: Sequence[tuple[str, bytes, float]], publish: Iterable[str],
-                  unlock: tuple[str, str] | None = None) -> None:
+    def _l2_write(self, items: Sequence[tuple[str, bytes, float]], publish: Iterable[str]) -> None:
         publish = list(publish)
         if not (items or publish) or not self._l2_ok():
             return
+        self._drain_fills()      # an explicit write lands after this thread's earlier fills
         try:
             pipe = self.client.pipeline(transaction=False)
             for key, blob, ttl in items:
                 pipe.set(schema.cache_value(key), blob, px=max(1, int(ttl * 1000)))
             for key in publish:
                 pipe.publish(schema.CACHE_INVALIDATE, self._inval_msg(key))
-            if unlock:      # release the load lock in the same round trip as the fill
-                pipe.eval(_UNLOCK_LUA, 1, _load_lock(unlock[0]), unlock[1])
             pipe.execute()
         except redis.RedisError as exc:
             self._l2_failed(exc)
@@ -886,6 +949,38 @@ class CacheManager:
 
 _ABSENT = object()
 _UNLOCK_LUA = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+# KEYS: entry, load lock; ARGV: token, lock ms. The entry's bytes, else 1 (lock taken) or 0 (held).
+_GET_OR_LOCK = """local v = redis.call('get', KEYS[1])
+if v then return v end
+if redis.call('set', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0"""
+# KEYS: entry, load lock; ARGV: bytes, ttl ms, token ('' = no lock held). Releases our lock
+# first, so a failed SET (OOM) never leaves others waiting for a fill that will not come.
+_FILL = """if ARGV[3] ~= '' and redis.call('get', KEYS[2]) == ARGV[3] then redis.call('del', KEYS[2]) end
+redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1"""
+_SHA = {lua: hashlib.sha1(lua.encode()).hexdigest() for lua in (_GET_OR_LOCK, _FILL)}
+
+
+def _pack(*parts: bytes | str) -> bytes:
+    """One RESP command in one buffer (redis-py sends a large value as a separate write: one
+    more system call, ~20 µs on the benchmark VM)."""
+    out = [b"*%d\r\n" % len(parts)]
+    for p in parts:
+        b = p.encode() if isinstance(p, str) else p
+        out.append(b"$%d\r\n" % len(b))
+        out.append(b)
+        out.append(b"\r\n")
+    return b"".join(out)
+
+
+def _run_script(client: redis.Redis, lua: str, keys: Sequence[str], args: Sequence) -> Any:
+    """EVALSHA, loading the script once when the server does not know it (first use, restart)."""
+    try:
+        return client.evalsha(_SHA[lua], len(keys), *keys, *args)
+    except redis.exceptions.NoScriptError:
+        client.script_load(lua)
+        return client.evalsha(_SHA[lua], len(keys), *keys, *args)
 
 
 def _load_lock(key: str) -> str:
@@ -933,6 +1028,97 @@ def _batches(it, n):
             chunk = []
     if chunk:
         yield chunk
+
+
+# ---- coherence measurement -------------------------------------------------------------------
+_STALENESS_READER = r"""
+import json, sys, time
+from core import cache, schema
+url, key, updates = sys.argv[1], sys.argv[2], int(sys.argv[3])
+cm = cache.CacheManager(schema.connect(url), record_telemetry=False)
+cm.start_invalidation_listener(url)
+print("ready", flush=True)
+seen, stale = -1, []
+deadline = time.time() + 30
+while time.time() < deadline and len(stale) < updates:
+    v = cm.get_cached_data(key)
+    if v is not None and v["i"] != seen:
+        if seen >= 0:
+            stale.append(time.time() - v["t"])
+        seen = v["i"]
+    time.sleep(0.0005)
+print(json.dumps(stale), flush=True)
+"""
+
+
+def measure_staleness(client: redis.Redis, redis_url: str, updates: int = 40, interval_s: float = 0.05,
+                      key: str = "coh:staleness") -> list[float]:
+    """Cross-process coherence, measured: a reader process keeps `key` in its L1 (polling every
+    0.5 ms, invalidation listener on); this process `set`s a new version `updates` times,
+    `interval_s` apart. Returns, per update, the seconds from the write until the reader saw it
+    (the staleness its L1 copy caused). Fewer values than `updates` when the reader missed some
+    within 30 s."""
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    writer = CacheManager(client, record_telemetry=False)
+    writer.set(key, {"i": 0, "t": time.time()})
+    child = subprocess.Popen([sys.executable, "-c", _STALENESS_READER, redis_url, key, str(updates)], cwd=root,
+                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": root})
+    try:
+        if child.stdout.readline().strip() != "ready":
+            raise RuntimeError("staleness reader did not start")
+        time.sleep(0.3)                                  # the reader holds version 0 in its L1
+        for i in range(1, updates + 1):
+            writer.set(key, {"i": i, "t": time.time()})
+            time.sleep(interval_s)
+        out, _ = child.communicate(timeout=35)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        writer.invalidate(key)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# ---- range-chunked reads -----------------------------------------------------------------
+def block_key(name: str, size: int, block: int, newest: int) -> str:
+    """Cache key of block `block` (indices [block*size, (block+1)*size - 1]) of the append-only
+    axis `name` whose newest index is `newest`: `name:size:block` once the block is closed
+    (every index of it older than `newest`: on an append-only axis it never changes again),
+    `name:size:block@newest` for the open block holding `newest`, so an append is a new key,
+    never a stale read."""
+    closed = (block + 1) * size - 1 < newest
+    return f"{name}:{size}:{block}" if closed else f"{name}:{size}:{block}@{newest}"
+
+
+def read_blocks(cache: CacheManager, name: str, first: int, last: int, size: int, newest: int,
+                load: Callable[[int, int], Any]) -> list:
+    """Values of the fixed-size blocks covering indices [first, last] (clipped to `newest`) of
+    an append-only axis such as day indices, oldest first, each read through `cache` under its
+    `block_key` (so with its tiers, statistics and stampede protection).
+
+    `load(lo, hi)` reads indices lo..hi inclusive of one block from the database (hi is never
+    past `newest`). Range-chunked caching: overlapping windows share their blocks, so a cold
+    start loads each block once instead of each distinct window once, and a new newest index
+    reloads only the open block.
+    """
+    first, last, newest = _index(first, "first"), _index(last, "last"), _index(newest, "newest")
+    if type(size) is not int or size < 1:
+        raise ValueError(f"block size must be a positive int, got {size!r}")
+    if first > last:
+        raise ValueError(f"first ({first}) is after last ({last})")
+    get = cache.get_cached_data
+    return [get(block_key(name, size, b, newest),
+                lambda lo=b * size, hi=min((b + 1) * size - 1, newest): load(lo, hi))
+            for b in range(first // size, min(last, newest) // size + 1)]   # none when first > newest
+
+
+def _index(v, label: str) -> int:
+    if type(v) is int and v >= 0:          # the common case, cheaply
+        return v
+    if isinstance(v, np.integer) and v >= 0:
+        return int(v)
+    raise ValueError(f"{label} must be an index >= 0, got {v!r}")
 
 
 # ---- optimize_cache --------------------------------------------------------------------
@@ -1044,3 +1230,38 @@ def read_statistics(client: redis.Redis) -> dict[str, dict]:
         except (ValueError, AttributeError, TypeError):
             continue
     return {k: v for k, v in out.items() if isinstance(v, dict)}
+
+
+def merge_statistics(stats: dict[str, dict]) -> dict:
+    """One view of the per-process statistics of `read_statistics` ({proc: stats}).
+
+    Per tier: hits, misses and errors summed, the hit rate of the sums, and p50_us / p99_us the
+    highest of the processes' (percentiles of different processes do not combine: the slowest
+    process is shown), None when none reported. L1 entries and evictions summed; `requests`
+    (L1 hits + misses) and `multitier_hit_rate` (served by L1 or L2 / requests, None without
+    requests). Malformed parts count as zero."""
+    tiers = {t: {"hits": 0, "misses": 0, "errors": 0, "p50_us": None, "p99_us": None} for t in _TIERS}
+    size = evictions = 0
+    for st in stats.values():
+        for t, agg in tiers.items():
+            part = st.get(t) if isinstance(st.get(t), dict) else {}
+            for k in ("hits", "misses", "errors"):
+                agg[k] += _count(part.get(k))
+            for q in ("p50_us", "p99_us"):
+                v = part.get(q)
+                if isinstance(v, (int, float)) and math.isfinite(v) and (agg[q] is None or v > agg[q]):
+                    agg[q] = float(v)
+        l1 = st.get("l1") if isinstance(st.get("l1"), dict) else {}
+        size += _count(l1.get("size"))
+        evictions += _count(l1.get("evictions"))
+    for agg in tiers.values():
+        total = agg["hits"] + agg["misses"]
+        agg["hit_rate"] = agg["hits"] / total if total else None
+    requests = tiers["l1"]["hits"] + tiers["l1"]["misses"]
+    served = tiers["l1"]["hits"] + tiers["l2"]["hits"]
+    return {"tiers": tiers, "l1_size": size, "l1_evictions": evictions, "processes": len(stats),
+            "requests": requests, "multitier_hit_rate": served / requests if requests else None}
+
+
+def _count(v) -> int:
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 else 0

@@ -18,7 +18,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_ready
 
 from celery_config import celery_app
-from core import schema
+from core import runtime_config, schema
 from core.locks import single_run
 from core.optimizer import read_selection, run_kernels_optimization
 from core.settings import get_settings
@@ -51,7 +51,9 @@ def optimize(quick: bool = False, if_older_than_s: float | None = None) -> dict:
         with single_run(client, schema.KERNELS_LOCK, LOCK_TTL_S) as mine:
             if not mine:
                 return {"status": "skipped", "reason": "another run holds the lock"}
-            result = run_kernels_optimization(get_settings(), client, quick=quick)
+            live = runtime_config.live("worker")
+            live.refresh()     # a change saved just before this run (the Settings page starts one)
+            result = run_kernels_optimization(runtime_config.effective_settings(live.values), client, quick=quick)
     except redis.RedisError as exc:
         log.warning("kernels.optimize: Redis unavailable: %s", exc)
         return {"status": "failed", "reason": f"Redis unavailable: {exc}"}

@@ -8,8 +8,7 @@ from __future__ import annotations
 import time
 
 from celery_config import celery_app
-from core import history, memory
-from core.settings import get_settings
+from core import history, memory, runtime_config
 from workers._optimize import run_locked
 
 LOCK_S = 120
@@ -40,7 +39,7 @@ def _refresh_mmap(client, settings) -> dict | None:
 
 
 def _work(client, trigger: str) -> dict:
-    s = get_settings()
+    s = runtime_config.effective_settings(runtime_config.live("worker").values)
     before = memory.monitor_memory_usage(client)
     recovery = memory.recover(client, before["percent"], s.gc_threshold_pct, s.memory_threshold_pct)
     result = recovery if recovery["action"] != "none" else memory.optimize_memory()

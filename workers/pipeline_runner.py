@@ -32,7 +32,7 @@ import time
 
 import redis
 
-from core import history, procs, safety, schema
+from core import history, procs, runtime_config, safety, schema
 from core.broker import PaperBroker, TradingGate
 from core.emergency import Liquidator, write_audit
 from core.limits import LimitConfig, LimitMonitor
@@ -68,6 +68,9 @@ class Runner:
                                    start_index=closes.get(INDEX_SYMBOL))
         self.gate = TradingGate(max_age_s=settings.guard_heartbeat_s)
         self.limits = LimitMonitor(LimitConfig().scaled(settings.initial_cash))
+        self.safety_config = safety.SafetyConfig()
+        self.safety_interval_s = settings.safety_interval_s
+        self.config: runtime_config.LiveConfig | None = None
         self.broker = PaperBroker(self.model.symbols, settings.initial_cash, gate=self.gate,
                                   limits=self.limits)
         self.liquidator = Liquidator(self.broker)
@@ -153,7 +156,7 @@ class Runner:
         try:
             self.limits.write_status(self.client, self.broker.exposures(), self.broker.equity(),
                                      self.broker.day_start_equity)
-            safety.evaluate_once(self.client)
+            safety.evaluate_once(self.client, self.safety_config)
         except redis.RedisError as exc:
             self._redis(False, exc)
         except Exception:  # a rule bug must not stop the runner's other edges
@@ -222,11 +225,19 @@ class Runner:
             self._bad_control = raw          # logged once, not every second
             log.error("ignored bad %s value %r: %s", schema.PIPELINE_CONTROL, raw[:200], exc)
 
-    async def _every(self, period_s: float, fn) -> None:
+    def _on_config(self, values, changed=None) -> None:
+        """Runtime settings (listener thread): risk limits, safety rules and the rules' period
+        take effect here without a restart; each is one reference swap the io thread reads."""
+        self.limits.config = runtime_config.limit_config(values)
+        self.safety_config = runtime_config.safety_config(values)
+        self.safety_interval_s = float(values["safety_interval_s"])
+
+    async def _every(self, period_s, fn) -> None:
+        """Run fn in a thread every period_s seconds (a number, or a function read each round)."""
         while not self.stopping.is_set():
             await asyncio.to_thread(fn)
             try:
-                await asyncio.wait_for(self.stopping.wait(), period_s)
+                await asyncio.wait_for(self.stopping.wait(), period_s() if callable(period_s) else period_s)
             except asyncio.TimeoutError:
                 pass
 
@@ -238,6 +249,9 @@ class Runner:
         from core.telemetry import start_flusher
         flusher = start_flusher("pipeline", self.settings.redis_url)
         await self.bus.start()
+        self.config = await asyncio.to_thread(runtime_config.LiveConfig(self.settings.redis_url, "pipeline").start)
+        self.config.on_change(self._on_config)
+        self._on_config(self.config.values)       # after registering: no change falls between
         await asyncio.to_thread(self._io_once)
         # after the first load: a liquidation armed by the guard must see the restored book
         self.guard = await asyncio.to_thread(
@@ -251,13 +265,15 @@ class Runner:
                  self.settings.redis_url)
         tasks = [loop.create_task(self._every(PERSIST_EVERY_S, self._io_once)),
                  loop.create_task(self._every(STATUS_EVERY_S, self._status_once)),
-                 loop.create_task(self._every(self.settings.safety_interval_s, self._safety_once))]
+                 loop.create_task(self._every(lambda: self.safety_interval_s, self._safety_once))]
         await self.stopping.wait()
         started = time.monotonic()
         log.info("stopping: flushing state")
         self.feed.stop(timeout_s=1.0)
         if self.guard is not None:
             self.guard.stop(timeout_s=0.5)
+        if self.config is not None:
+            self.config.stop(timeout_s=0.5)
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.bus.drain(timeout_s=1.0)
         await self.bus.stop()

@@ -14,7 +14,7 @@ import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
 from celery_config import celery_app
-from core import history, risk_manager, schema
+from core import history, risk_manager, runtime_config, schema
 from core.cache import CacheManager, publish_statistics
 from core.locks import single_run
 from core.settings import get_settings
@@ -32,9 +32,11 @@ def _client() -> redis.Redis:
 @functools.lru_cache(maxsize=1)
 def _history_cache():
     """This pool process's read-through cache for the history database (L1 here, L2 Redis);
-    its access log feeds cache.optimize, its statistics the Cache page."""
+    its access log feeds cache.optimize, its statistics the Cache page. Its TTL and L1 size
+    follow the runtime settings (the Settings page) through this process's listener."""
     settings = get_settings()
     cache = CacheManager.from_settings(schema.connect(settings.redis_url), settings)
+    cache.follow_config(runtime_config.live("worker"))
     cache.enable_access_log()
     return cache
 

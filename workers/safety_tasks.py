@@ -15,7 +15,7 @@ import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
 from celery_config import celery_app
-from core import safety, schema
+from core import runtime_config, safety, schema
 from core.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,8 @@ def evaluate() -> dict | str:
     """One rule evaluation: {"state", "transition", "breached"}, "skipped" (another run holds
     the lock) or "failed" (Redis unavailable)."""
     try:
-        report = safety.evaluate_once(_client())
+        config = runtime_config.safety_config(runtime_config.live("worker").values)
+        report = safety.evaluate_once(_client(), config)
     except redis.RedisError as exc:
         log.warning("safety.evaluate: Redis unavailable (%s); the runner's own evaluation "
                     "and the guards' fail-closed heartbeat still apply", exc)

@@ -10,7 +10,7 @@ from dash import ALL, Input, Output, State, callback, html, no_update
 from app import auth, data
 from app.components import charts
 from app.components.kpi import severity_color
-from core import alerting, alerts
+from core import alerting, alerts, runtime_config
 from core.audit import write_audit
 
 dash.register_page(__name__, path="/alerts", name="Alerts", order=5)
@@ -70,7 +70,8 @@ def _unavailable(*_args):
           Input("alerts-action-result", "children"))
 @data.guarded(_unavailable)
 def show_rules(_n, _result):
-    states = alerting.rule_states(data.client(), alerting.default_rules())
+    client = data.client()
+    states = alerting.rule_states(client, alerting.default_rules(runtime_config.current(client)))
     return _rules_table(states, auth.require_role("operator") is None)
 
 

@@ -10,7 +10,7 @@ from app import data
 from app.components import charts
 from app.components import optimizations
 from app.components.optimizations import history_table
-from core import memory, metrics
+from core import memory, metrics, runtime_config
 
 dash.register_page(__name__, path="/memory", name="Memory", order=5)
 
@@ -82,10 +82,11 @@ def update_charts(_n):
     last = rows[-1] if rows else {}
     total = last.get("console_rss_bytes")
     mem_last = (memory.memory_series(client, WINDOW_S) or [{}])[-1]
+    budget = runtime_config.current(client)["alerts.console_memory_budget_mib"] * 1024**2   # the alert's
     kpis = dbc.Row([dbc.Col(html.Div([html.Div(label, className="small text-body-secondary"),
                                       html.Div(value, className="fs-5")]), width="auto")
                     for label, value in (
-                        ("Console memory (RSS)", f"{charts.fmt_bytes(total)} of {charts.fmt_bytes(memory.MEMORY_BUDGET_BYTES)}"),
+                        ("Console memory (RSS)", f"{charts.fmt_bytes(total)} of {charts.fmt_bytes(budget)}"),
                         ("Console USS", charts.fmt_bytes(mem_last.get("console_uss_bytes"))),
                         ("System", "–" if last.get("mem_pct") is None else f"{last['mem_pct']:.0f} %"),
                         ("Swap", "–" if last.get("swap_pct") is None else f"{last['swap_pct']:.0f} %"))],

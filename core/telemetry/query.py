@@ -15,7 +15,7 @@ import time
 import numpy as np
 from scipy import stats as sps
 
-from core import schema
+from core import runtime_config, schema
 from core.settings import DEFAULT_STAGE_THRESHOLDS_MS
 from core.telemetry.histogram import Histogram, HistogramDecodeError
 from core.telemetry.rollup import BLOCK_S, PERCENTILES, unpack_member
@@ -88,7 +88,8 @@ def _hist_stats(hist: Histogram, span_s: int, threshold_ms: float | None) -> dic
 
 def registered_stages(client) -> dict[str, float | None]:
     """stage -> threshold_ms: the spec's stages (so the table always lists them), overridden
-    and extended by what the flushers shipped (TELE_STAGES)."""
+    and extended by what the flushers shipped (TELE_STAGES), overridden in turn by the
+    thresholds set on the Settings page (runtime_config: read live, every call)."""
     out: dict[str, float | None] = dict(DEFAULT_STAGE_THRESHOLDS_MS)
     for name, raw in client.hgetall(schema.TELE_STAGES).items():
         try:
@@ -96,6 +97,7 @@ def registered_stages(client) -> dict[str, float | None]:
         except (ValueError, KeyError, TypeError):
             log.warning("telemetry query: stage %r has a malformed registry entry %r", name, raw)
             out[name.decode()] = None
+    out.update(runtime_config.stage_overrides(client))
     return out
 
 

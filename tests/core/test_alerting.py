@@ -62,7 +62,7 @@ def test_acknowledge_and_manual_resolve_are_recorded_with_the_user(isolated_clie
 
 
 def test_default_rules_cover_the_spec_and_reject_unknown_metrics():
-    rules = alerting.default_rules(get_settings())
+    rules = alerting.default_rules()
     names = {r.name for r in rules}
     assert {"cpu_high", "memory_high", "throughput_low", "latency_total_pipeline"} <= names
     assert next(r for r in rules if r.name == "latency_total_pipeline").severity == "critical"
