@@ -6,6 +6,7 @@ so a backlog of 1-second jobs never piles up behind a stopped worker.
 from __future__ import annotations
 
 from celery import Celery
+from celery.schedules import crontab
 
 from core.settings import get_settings
 
@@ -19,7 +20,17 @@ TASK_MODULES = [
     "workers.cache_tasks",
     "workers.database_tasks",
     "workers.kernel_tasks",
+    "workers.stress_tasks",
 ]
+
+
+def _stress_daily(s) -> dict:
+    """The daily standard stress run at CONSOLE_STRESS_DAILY_AT (UTC), unless "off"."""
+    if s.stress_daily_at == "off":
+        return {}
+    hour, minute = s.stress_daily_at.split(":")
+    return {"stress.daily": {"task": "stress.daily", "schedule": crontab(hour=hour, minute=minute),
+                             "options": {"expires": 3600}}}
 
 
 class CeleryConfig:
@@ -38,7 +49,12 @@ class CeleryConfig:
     worker_prefetch_multiplier = 1
     worker_hijack_root_logger = False
     broker_connection_retry_on_startup = True
-    broker_transport_options = {"visibility_timeout": 300}
+    # Global for the Redis transport: how long a delivered, unacknowledged task waits before it
+    # is redelivered (a dead worker's acks_late stress tasks). Only the stress tasks are
+    # acks_late, and their soft time limits stay below the default 300 s (workers/stress_tasks.py).
+    broker_transport_options = {"visibility_timeout": _s.stress_visibility_timeout_s}
+    # stress jobs go to their own queue, so any machine's worker can take them (README: Scaling out)
+    task_routes = {"stress.run": {"queue": "stress"}, "stress.mc_chunk": {"queue": "stress"}}
     beat_scheduler = "workers.health:HeartbeatScheduler"
     beat_schedule_filename = str(_s.var_dir / "celerybeat-schedule")
     beat_schedule = {
@@ -59,6 +75,9 @@ class CeleryConfig:
                              "options": {"expires": _s.database_analyze_interval_s}},
         "kernels.optimize": {"task": "kernels.optimize", "schedule": _s.kernels_optimize_interval_s,
                              "options": {"expires": _s.kernels_optimize_interval_s}},
+        "stress.reap": {"task": "stress.reap", "schedule": _s.stress_reap_interval_s,
+                        "options": {"expires": _s.stress_reap_interval_s}},
+        **_stress_daily(_s),
     }
 
 

@@ -6,6 +6,7 @@ set-up), so the console works offline; `data-bs-theme="dark"` selects Bootstrap'
 """
 from __future__ import annotations
 
+import hmac
 import logging
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from dash import Input, Output, State, callback, ctx, dcc, html, no_update
 from dash_bootstrap_templates import load_figure_template
 from flask import jsonify, request
 
-from app import api, auth, data
+from app import api, api_stress, auth, data
 from app.components import emergency as estop
 from app.components.kpi import severity_color
 from core import alerts, emergency, health, prometheus, report, safety, users
@@ -178,6 +179,29 @@ def update_trading_banner(_n, _halted, _resumed):
     return True, "danger", "TRADING HALTED", detail
 
 
+def _metrics_denied(token: str):
+    """None when /metrics may answer: no CONSOLE_METRICS_TOKEN set, or `Authorization: Bearer
+    <token>` matches it (constant-time); else a 401 that tells the scraper what to send."""
+    if not token:
+        return None
+    scheme, _, given = (request.headers.get("Authorization") or "").partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
+        return None
+    return ("metrics token required: send Authorization: Bearer <CONSOLE_METRICS_TOKEN>\n", 401,
+            {"WWW-Authenticate": 'Bearer realm="metrics"', "Content-Type": "text/plain; charset=utf-8"})
+
+
+def register_metrics(server) -> None:
+    """GET /metrics: the Prometheus exposition, open unless CONSOLE_METRICS_TOKEN is set."""
+    @server.get("/metrics")
+    def prometheus_metrics():
+        denied = _metrics_denied(get_settings().metrics_token)
+        if denied:
+            return denied
+        body = prometheus.render(data.client(), get_settings())
+        return body, 200, {"Content-Type": prometheus.CONTENT_TYPE}
+
+
 def create_app() -> dash.Dash:
     load_figure_template("bootstrap_dark")
     app = dash.Dash(__name__, use_pages=True, pages_folder=str(ROOT / "app" / "pages"),
@@ -187,6 +211,7 @@ def create_app() -> dash.Dash:
     app.layout = _layout
     auth.install(app.server)
     api.register(app.server)
+    api_stress.register(app.server)
 
     @app.server.get("/healthz")
     def healthz():
@@ -209,10 +234,7 @@ def create_app() -> dash.Dash:
             return f"Redis unavailable: {exc}", 503
         return report.render_html(rep), 200, {"Content-Type": "text/html; charset=utf-8"}
 
-    @app.server.get("/metrics")
-    def prometheus_metrics():
-        body = prometheus.render(data.client(), get_settings())
-        return body, 200, {"Content-Type": prometheus.CONTENT_TYPE}
+    register_metrics(app.server)
 
     # Last: Flask refuses new routes or hooks once it has served a request.
     # Dash registers its component bundles while rendering the index page. Under several

@@ -16,7 +16,7 @@ import time
 
 from core.settings import get_settings
 
-AREAS = ["telemetry", "pipeline", "dashboard", "load", "kernels", "halt", "risk", "cache"]
+AREAS = ["telemetry", "pipeline", "dashboard", "load", "kernels", "halt", "risk", "cache", "stress"]
 
 
 def _selected() -> list[str]:

@@ -57,6 +57,21 @@ console:opt:last:<area>               string   JSON result of the latest run of 
 console:db:findings                   string   JSON latest analyze_query findings per watched query
 console:lock:opt:<area>               string   SET NX EX lock of the <area> optimization task
 console:lock:cache:<key>              string   SET NX PX lock: the one process loading <key> from the database
+console:config:values                hash     runtime setting key -> JSON value: the overrides of the Settings page (core.runtime_config)
+console:config:version               string   INCR on every settings change (the listeners' version check)
+console:config:events                pubsub   JSON {"version"}: published with every settings change
+console:config:history               stream   settings changes {version, ts, user, source, reason, changes JSON}, capped
+console:config:applied               hash     "<role>:<host>:<pid>" -> JSON {role, version, ts, detail}: what each process runs with
+console:stress:jobs                   zset     stress job ids, score = created (history, capped by CONSOLE_STRESS_HISTORY)
+console:stress:active                 set      ids of queued / running stress jobs (what stress.reap inspects)
+console:stress:job:<id>               hash     job record: status, user, source, created, started, finished, updated, done, total, stage, JSON fields
+console:stress:job:<id>:portfolio     string   JSON Portfolio snapshot every task of the job reads; deleted when the job ends
+console:stress:job:<id>:results       hash     scenario index -> JSON scenario result (idempotent overwrite)
+console:stress:job:<id>:chunks        hash     Monte Carlo chunk index -> JSON chunk tail; deleted after the merge
+console:stress:job:<id>:starts        hash     Monte Carlo chunk index -> times a worker started it (redelivery evidence)
+console:stress:dedupe:<digest>        string   SET NX EX: the job id of an identical submission seconds ago
+console:stress:capacity               hash     worker hostname -> JSON {processes, ts}: live consumers of the stress queue
+console:stress:custom                 hash     saved custom scenario name -> JSON {name, spec, user, ts} (core.stress, at most 200)
 """
 from __future__ import annotations
 
@@ -198,6 +213,15 @@ def opt_lock(area: str) -> str:
     return f"{NS}lock:opt:{area}"
 
 
+# ---- runtime settings (issue 7: the Settings page; core.runtime_config) ---------------
+CONFIG_VALUES = NS + "config:values"       # hash key -> JSON value (overrides of the defaults)
+CONFIG_VERSION = NS + "config:version"     # int, INCR per change
+CONFIG_EVENTS = NS + "config:events"       # pub/sub: JSON {"version": int}
+CONFIG_HISTORY = NS + "config:history"     # stream of changes, capped at CONFIG_HISTORY_MAXLEN
+CONFIG_HISTORY_MAXLEN = 2000
+CONFIG_APPLIED = NS + "config:applied"     # hash process -> JSON {role, version, ts, detail}
+
+
 # ---- users, sessions, audit (issue 8) --------------------------------------------------
 USERS = NS + "users"                       # hash username -> JSON {role, created, kdf params, salt, hash}
 API_TOKENS = NS + "api_tokens"             # hash sha256(token) -> username
@@ -216,6 +240,22 @@ KERNELS_HISTORY = NS + "kernels:history"       # stream: every selection change,
 KERNELS_HISTORY_MAXLEN = 1000
 KERNELS_LOCK = NS + "lock:kernels"
 MODEL_METRICS = NS + "model:metrics"           # JSON: out-of-sample hit rate with its CI
+
+
+# ---- stress-test jobs (issue 6) ------------------------------------------------------
+STRESS_JOBS = NS + "stress:jobs"               # zset id -> created: the bounded history
+STRESS_ACTIVE = NS + "stress:active"           # set of queued / running job ids
+STRESS_CAPACITY = NS + "stress:capacity"       # hash hostname -> JSON {processes, ts}
+STRESS_CUSTOM = NS + "stress:custom"           # hash name -> JSON {name, spec, user, ts}
+
+
+def stress_job(job_id: str, part: str = "") -> str:
+    """The job's record hash, or one of its parts: portfolio, results, chunks, starts."""
+    return f"{NS}stress:job:{job_id}" + (f":{part}" if part else "")
+
+
+def stress_dedupe(digest: str) -> str:
+    return f"{NS}stress:dedupe:{digest}"
 
 
 # ---- serialization -------------------------------------------------------------------

@@ -127,6 +127,7 @@ class Settings:
     database_analyze_interval_s: float = 300.0
     # safety (issue 5 part B)
     api_token: str = field(default="", repr=False)   # CONSOLE_API_TOKEN (>= 16 chars); "" = API answers 401
+    metrics_token: str = field(default="", repr=False)   # CONSOLE_METRICS_TOKEN (>= 16 chars); "" = /metrics open
     guard_heartbeat_s: float = 2.0        # trading guard blocks orders after this long without Redis
     safety_interval_s: float = 1.0        # SafetyController rule evaluation period
     # risk analytics (issue 5 part A)
@@ -141,6 +142,16 @@ class Settings:
     numba_enabled: bool = True
     onnx_enabled: bool = True
     kernels_optimize_interval_s: float = 300.0   # kernels.optimize beat period
+    # stress-test jobs on Celery (issue 6): redelivery, staleness, fan-out, history, schedule
+    stress_visibility_timeout_s: float = 300.0   # broker visibility_timeout (global, Redis transport)
+    stress_stale_after_s: float = 420.0   # a running job silent this long is failed (> visibility)
+    stress_queue_timeout_s: float = 3600.0   # a job queued this long without a worker is failed
+    stress_reap_interval_s: float = 30.0  # stress.reap beat period
+    stress_daily_at: str = "22:00"        # UTC "HH:MM" of stress.daily, or "off"
+    stress_history: int = 200             # jobs kept in the history
+    stress_worker_processes: int = 2      # stress worker processes assumed when none reports
+    stress_chunks_per_process: int = 2    # Monte Carlo chunks per stress worker process (>= 2)
+    stress_max_chunk_paths: int = 25_000  # bounds one chunk's run time (cancel latency)
     stage_thresholds_ms: dict = field(default_factory=lambda: dict(DEFAULT_STAGE_THRESHOLDS_MS))
 
     @property
@@ -194,6 +205,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         alert_webhook_url=_read_url(env, p + "ALERT_WEBHOOK_URL"),
         **_memory_cache_settings(env, p),
         api_token=_read_secret(env, p + "API_TOKEN", 16),
+        metrics_token=_read_secret(env, p + "METRICS_TOKEN", 16),
         guard_heartbeat_s=_read(env, p + "GUARD_HEARTBEAT", _parse_float, 2.0, 0.2, 60.0),
         safety_interval_s=_read(env, p + "SAFETY_INTERVAL", _parse_float, 1.0, 0.2, 60.0),
         risk_interval_s=_read(env, p + "RISK_INTERVAL", _parse_float, 5.0, 1.0, 3600.0),
@@ -202,6 +214,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         model_confidence_threshold=_read(env, p + "MODEL_CONFIDENCE_THRESHOLD", _parse_float,
                                          0.6, 0.0, 1.0),
         **_kernel_settings(env, p),
+        **_stress_job_settings(env, p),
     )
 
 
@@ -224,6 +237,44 @@ def _kernel_settings(env: Mapping[str, str], p: str) -> dict:
     )
 
 
+def _parse_daily_at(raw: str) -> str:
+    """ "HH:MM" (UTC, 24-hour) or "off"; returned normalized."""
+    text = raw.strip().lower()
+    if text == "off":
+        return text
+    hours, sep, minutes = text.partition(":")
+    if not sep or not (hours.isdigit() and minutes.isdigit() and len(minutes) == 2):
+        raise ValueError('must be "HH:MM" (UTC) or "off"')
+    if not (0 <= int(hours) <= 23 and 0 <= int(minutes) <= 59):
+        raise ValueError("hour must be 0..23 and minute 0..59")
+    return f"{int(hours):02d}:{minutes}"
+
+
+def _stress_job_settings(env: Mapping[str, str], p: str) -> dict:
+    """Stress-test jobs (issue 6). The stale bound must exceed the visibility timeout, so a
+    job whose worker died is redelivered (and resumes) before it is declared lost."""
+    visibility = _read(env, p + "STRESS_VISIBILITY_TIMEOUT", _parse_float, 300.0, 5.0, 86_400.0)
+    out = dict(
+        stress_visibility_timeout_s=visibility,
+        stress_stale_after_s=_read(env, p + "STRESS_STALE_AFTER", _parse_float, visibility + 120.0,
+                                   10.0, 7 * 86_400.0),
+        stress_queue_timeout_s=_read(env, p + "STRESS_QUEUE_TIMEOUT", _parse_float, 3600.0,
+                                     60.0, 7 * 86_400.0),
+        stress_reap_interval_s=_read(env, p + "STRESS_REAP_INTERVAL", _parse_float, 30.0, 1.0, 3600.0),
+        stress_daily_at=_read(env, p + "STRESS_DAILY_AT", _parse_daily_at, "22:00"),
+        stress_history=_read(env, p + "STRESS_HISTORY", _parse_int, 200, 10, 10_000),
+        stress_worker_processes=_read(env, p + "STRESS_WORKER_PROCESSES", _parse_int, 2, 1, 1024),
+        stress_chunks_per_process=_read(env, p + "STRESS_CHUNKS_PER_PROCESS", _parse_int, 2, 2, 64),
+        stress_max_chunk_paths=_read(env, p + "STRESS_MAX_CHUNK_PATHS", _parse_int, 25_000,
+                                     1000, 1_000_000),
+    )
+    if out["stress_stale_after_s"] <= visibility:
+        raise SettingsError(f"{p}STRESS_STALE_AFTER={out['stress_stale_after_s']} must exceed "
+                            f"{p}STRESS_VISIBILITY_TIMEOUT={visibility}: a job must get the chance "
+                            "to be redelivered before it is declared lost")
+    return out
+
+
 def _memory_cache_settings(env: Mapping[str, str], p: str) -> dict:
     """Thresholds, cache bounds and optimizer schedules (issue 4); GC must trigger below memory."""
     out = dict(
@@ -242,8 +293,8 @@ def _memory_cache_settings(env: Mapping[str, str], p: str) -> dict:
         database_analyze_interval_s=_read(env, p + "DATABASE_ANALYZE_INTERVAL", _parse_float, 300.0,
                                           1.0, 86_400.0),
     )
-    if out["gc_threshold_pct"] > out["memory_threshold_pct"]:
-        raise SettingsError(f"{p}GC_THRESHOLD_PCT={out['gc_threshold_pct']} must not exceed "
+    if out["gc_threshold_pct"] >= out["memory_threshold_pct"]:   # as the Settings page checks it
+        raise SettingsError(f"{p}GC_THRESHOLD_PCT={out['gc_threshold_pct']} must be below "
                             f"{p}MEMORY_THRESHOLD_PCT={out['memory_threshold_pct']}")
     return out
 

@@ -105,7 +105,8 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1, what: str 
 def celery_worker_process(redis_url):
     """A real `celery worker` process (prefork, 2 children) against the test Redis."""
     proc = _spawn([sys.executable, "-m", "celery", "-A", "celery_config", "worker",
-                   "--loglevel=INFO", "--concurrency=2", "-n", "testworker@%h"], "worker")
+                   "--loglevel=INFO", "--concurrency=2", "-Q", "celery,stress", "-n", "testworker@%h"],
+                  "worker")
     client = schema.connect(redis_url)
     wait_for(lambda: any(client.scan_iter(schema.heartbeat("worker:*"))), 30, what="worker heartbeat")
     yield proc

@@ -53,12 +53,12 @@ def _num(value) -> float:
 
 
 # ---- formatting ----------------------------------------------------------------------------
-def _pct(value, digits: int = 2) -> str:
+def fmt_pct(value, digits: int = 2) -> str:
     v = _num(value)
     return "–" if not math.isfinite(v) else f"{100 * v:.{digits}f} %"
 
 
-def _money(value) -> str:
+def fmt_money(value) -> str:
     v = _num(value)
     if not math.isfinite(v):
         return "–"
@@ -68,7 +68,7 @@ def _money(value) -> str:
     return f"{v:,.0f}"
 
 
-def _num_text(value, fmt: str = ".3f") -> str:
+def fmt_num(value, fmt: str = ".3f") -> str:
     v = _num(value)
     return "–" if not math.isfinite(v) else format(v, fmt)
 
@@ -108,10 +108,10 @@ def var_table(doc: dict | None):
         tds = [html.Td(label)]
         for c in (0.95, 0.99):
             r = cells.get((method, c), {})
-            tds += [html.Td([_pct(r.get("var_pct")), html.Br(),
-                             html.Small(_money(r.get("var_ccy")), className="text-body-secondary")]),
-                    html.Td([_pct(r.get("cvar_pct")), html.Br(),
-                             html.Small(_money(r.get("cvar_ccy")), className="text-body-secondary")])]
+            tds += [html.Td([fmt_pct(r.get("var_pct")), html.Br(),
+                             html.Small(fmt_money(r.get("var_ccy")), className="text-body-secondary")]),
+                    html.Td([fmt_pct(r.get("cvar_pct")), html.Br(),
+                             html.Small(fmt_money(r.get("cvar_ccy")), className="text-body-secondary")])]
         rows.append(html.Tr(tds, id=f"risk-var-row-{method}"))
     note = (f"{doc.get('days_of_history', 0)} daily returns, Monte Carlo "
             f"{doc.get('mc_scenarios', 0):,} scenarios; loss as % of equity and in currency")
@@ -128,15 +128,15 @@ def model_panel(doc: dict | None):
     color = "secondary" if not math.isfinite(conf) else "success" if conf >= 0.8 else \
         "warning" if conf >= 0.6 else "danger"
     items = [("Confidence (bootstrap share with positive slope)",
-              dbc.Badge(_num_text(conf, ".2f"), color=color, id="risk-model-confidence")),
+              dbc.Badge(fmt_num(conf, ".2f"), color=color, id="risk-model-confidence")),
              ("Hit rate (95 % Wilson CI)",
-              f"{_pct(model.get('hit_rate'), 1)} [{_pct(model.get('hit_low'), 1)}, "
-              f"{_pct(model.get('hit_high'), 1)}] of {model.get('trials', 0):,} signals"),
-             ("Information coefficient", _num_text(model.get("ic"))),
-             ("Calibration slope (1 = calibrated)", _num_text(model.get("calibration_slope"), ".2f")),
+              f"{fmt_pct(model.get('hit_rate'), 1)} [{fmt_pct(model.get('hit_low'), 1)}, "
+              f"{fmt_pct(model.get('hit_high'), 1)}] of {model.get('trials', 0):,} signals"),
+             ("Information coefficient", fmt_num(model.get("ic"))),
+             ("Calibration slope (1 = calibrated)", fmt_num(model.get("calibration_slope"), ".2f")),
              ("Calibration error (mean |realized - predicted|)",
-              _num_text(model.get("calibration_error"), ".2e")),
-             ("Prediction uncertainty (bootstrap sd of slope)", _num_text(model.get("uncertainty"), ".2f")),
+              fmt_num(model.get("calibration_error"), ".2e")),
+             ("Prediction uncertainty (bootstrap sd of slope)", fmt_num(model.get("uncertainty"), ".2f")),
              ("Pairs judged", f"{model.get('n', 0):,}")]
     return _table(["Measure", "Value"], [html.Tr([html.Td(k), html.Td(v)]) for k, v in items],
                   "risk-model-table")
@@ -150,7 +150,7 @@ def underwater_figure(doc: dict | None) -> dict:
     y = [None if d is None else -100 * d for d in pnl["drawdown"]]
     trace = charts.line(pnl.get("dates") or pnl.get("days"), y, "drawdown", 1,
                         fill="tozeroy", line={"width": 1.2, "color": charts.SERIES_COLORS[1]})
-    return charts.figure([trace], f"Underwater (max drawdown {_pct(pnl.get('max_drawdown_pct'))})",
+    return charts.figure([trace], f"Underwater (max drawdown {fmt_pct(pnl.get('max_drawdown_pct'))})",
                          yaxis={"title": {"text": "% below peak"}}, xaxis=DAY_AXIS)
 
 
@@ -178,9 +178,9 @@ def concentration_figure(doc: dict | None) -> dict:
     trace = {"type": "bar", "orientation": "h", "x": [100 * (p.get("weight") or 0) for p in positions],
              "y": [p["symbol"] for p in positions], "name": "weight",
              "marker": {"color": charts.SERIES_COLORS[0]}}
-    title = (f"Concentration: HHI {_num_text(conc.get('hhi'))}, effective N "
-             f"{_num_text(conc.get('effective_n'), '.1f')}, top {conc.get('top_n', 5)} "
-             f"{_pct(conc.get('top_n_share'), 0)}")
+    title = (f"Concentration: HHI {fmt_num(conc.get('hhi'))}, effective N "
+             f"{fmt_num(conc.get('effective_n'), '.1f')}, top {conc.get('top_n', 5)} "
+             f"{fmt_pct(conc.get('top_n_share'), 0)}")
     return charts.figure([trace], title, height=max(280, 24 * len(positions) + 90),
                          xaxis={"title": {"text": "% of gross exposure"}},
                          yaxis={"autorange": "reversed"})
@@ -200,8 +200,8 @@ def positions_table(doc: dict | None, limits: dict | None):
         lims = by_symbol.get(p["symbol"], [])
         worst = max(lims, key=lambda lim: _num(lim.get("utilization")) or 0, default=None)
         rows.append(html.Tr([
-            html.Td(p["symbol"]), html.Td(f"{p.get('qty', 0):,.0f}"), html.Td(_money(p.get("value"))),
-            html.Td(_pct(p.get("exposure_pct"), 1)), html.Td(_money(p.get("component_var_ccy"))),
+            html.Td(p["symbol"]), html.Td(f"{p.get('qty', 0):,.0f}"), html.Td(fmt_money(p.get("value"))),
+            html.Td(fmt_pct(p.get("exposure_pct"), 1)), html.Td(fmt_money(p.get("component_var_ccy"))),
             html.Td(_util_bar(worst.get("utilization"), bool(worst.get("breached")))
                     if worst else html.Span("–", className="text-body-secondary")),
         ]))
@@ -219,8 +219,8 @@ def limits_table(limits: dict | None):
     idle = [lim for lim in items if lim.get("symbol") is not None and not _num(lim.get("utilization"))]
     items = [lim for lim in items if lim not in idle]   # flat symbols' limits: counted, not listed
     rows = [html.Tr([html.Td(lim.get("name", "")), html.Td(lim.get("symbol") or "all"),
-                     html.Td(_num_text(lim.get("value"), ",.2f")),
-                     html.Td(_num_text(lim.get("limit"), ",.2f")),
+                     html.Td(fmt_num(lim.get("value"), ",.2f")),
+                     html.Td(fmt_num(lim.get("limit"), ",.2f")),
                      html.Td(_util_bar(lim.get("utilization"), bool(lim.get("breached"))))])
             for lim in items[:30]]
     note = f"as of {utc(limits.get('ts'))} UTC" if limits.get("ts") else ""
@@ -252,11 +252,11 @@ def cards(doc: dict | None, state: str | None) -> list:
                   and r.get("confidence") == 0.99), {})
     model = doc.get("model") or {}
     return out + [
-        _money(doc.get("equity")), f"initial {_money(doc.get('initial_cash'))}",
-        _money(doc.get("gross_exposure")),
-        f"leverage {_num_text(doc.get('leverage'), '.2f')}, {doc.get('n_positions', 0)} positions",
-        _pct(var99.get("var_pct")), f"historical, {_money(var99.get('var_ccy'))}",
-        _pct((doc.get("pnl") or {}).get("max_drawdown_pct")), "over the simulated days",
-        _num_text(model.get("confidence"), ".2f"),
-        f"hit rate {_pct(model.get('hit_rate'), 1)} of {model.get('trials', 0):,}",
+        fmt_money(doc.get("equity")), f"initial {fmt_money(doc.get('initial_cash'))}",
+        fmt_money(doc.get("gross_exposure")),
+        f"leverage {fmt_num(doc.get('leverage'), '.2f')}, {doc.get('n_positions', 0)} positions",
+        fmt_pct(var99.get("var_pct")), f"historical, {fmt_money(var99.get('var_ccy'))}",
+        fmt_pct((doc.get("pnl") or {}).get("max_drawdown_pct")), "over the simulated days",
+        fmt_num(model.get("confidence"), ".2f"),
+        f"hit rate {fmt_pct(model.get('hit_rate'), 1)} of {model.get('trials', 0):,}",
     ]
