@@ -69,6 +69,7 @@ console:stress:job:<id>:portfolio     string   JSON Portfolio snapshot every tas
 console:stress:job:<id>:results       hash     scenario index -> JSON scenario result (idempotent overwrite)
 console:stress:job:<id>:chunks        hash     Monte Carlo chunk index -> JSON chunk tail; deleted after the merge
 console:stress:job:<id>:starts        hash     Monte Carlo chunk index -> times a worker started it (redelivery evidence)
+console:stress:job:<id>:shown:<user> string   SET NX EX: the page has switched this user's view to the ended job once
 console:stress:dedupe:<digest>        string   SET NX EX: the job id of an identical submission seconds ago
 console:stress:capacity               hash     worker hostname -> JSON {processes, ts}: live consumers of the stress queue
 console:stress:custom                 hash     saved custom scenario name -> JSON {name, spec, user, ts} (core.stress, at most 200)
@@ -250,7 +251,7 @@ STRESS_CUSTOM = NS + "stress:custom"           # hash name -> JSON {name, spec, 
 
 
 def stress_job(job_id: str, part: str = "") -> str:
-    """The job's record hash, or one of its parts: portfolio, results, chunks, starts."""
+    """The job's record hash, or one of its parts: portfolio, results, chunks, starts, shown:<user>."""
     return f"{NS}stress:job:{job_id}" + (f":{part}" if part else "")
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import sqlite3
 import time
 
 import dash
@@ -24,8 +23,9 @@ from kombu.exceptions import KombuError
 from app import auth, data
 from app.components import charts
 from app.components import stress_view as view
-from core import risk_manager, stress, stress_jobs
+from core import risk_manager, schema, stress, stress_jobs
 from core.audit import write_audit
+from core.dialect import DB_ERRORS
 from core.stress import StressInputError
 
 dash.register_page(__name__, path="/stress", name="Stress tests", order=4)
@@ -33,6 +33,7 @@ dash.register_page(__name__, path="/stress", name="Stress tests", order=4)
 FIELD, FEEDBACK = "stress-field", "stress-feedback"
 POLL_MS = 500
 HISTORY_ROWS = 30
+SHOWN_TTL_S = 3600             # how long the "ended job shown once" marker lives
 GRAPH_CONFIG = {"displaylogo": False}
 RUN_IDS = [f"stress-run-{kind}" for kind in view.RUN_KINDS] + ["stress-run-all"]
 DESCRIPTIONS = {
@@ -220,7 +221,7 @@ def _start(run: str, texts: dict, source: str, upload: dict | None) -> tuple[str
     except StressInputError as exc:
         key = view.route_error(run, exc.field) if run != "all" else ""
         return None, _message(f"Not started: {exc}"), ({key: str(exc)} if key else {})
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, *DB_ERRORS) as exc:
         return None, _message(f"Not started: the price history is unavailable ({exc})."), {}
     except KombuError as exc:
         return None, _message(f"Recorded but not queued: the broker refused it ({exc})."), {}
@@ -287,7 +288,11 @@ def poll(_n, tracked, viewed):
                 newest[0]["id"] if newest else no_update, *[False] * len(RUN_IDS))
     active = job["status"] in stress_jobs.ACTIVE_STATUSES
     track = {"id": job_id, "open": active}
-    just_ended = not active and tracked.get("open", True)
+    # the end is shown once: a poll already in flight when the interval was disabled carries the
+    # same stale "open" state, and must not switch the view back after the user picked a run
+    just_ended = (not active and tracked.get("open", True)
+                  and bool(client.set(schema.stress_job(job_id, "shown:" + auth.current_user()["username"]),
+                                      1, nx=True, ex=SHOWN_TTL_S)))
     return (view.progress_panel(job, time.time()), not active, not active,
             no_update if track == tracked else track, job_id if just_ended else no_update,
             *[active] * len(RUN_IDS))
@@ -398,7 +403,7 @@ def upload(contents, filename):
         portfolio, errors = stress_jobs.uploaded_portfolio(text)
     except StressInputError as exc:
         portfolio, errors = None, [{"row": None, "message": str(exc)}]
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, *DB_ERRORS) as exc:
         return None, html.Div(f"The price history is unavailable: {exc}", className="text-danger small"), no_update
     if errors:
         return None, html.Div([html.Div(name, className="fw-semibold small"), view.csv_errors_table(errors)],
