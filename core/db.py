@@ -1,15 +1,14 @@
 """The database tier: a connection pool, timed queries and the query optimizer.
 
-SQLite (stdlib sqlite3, the history of core.history) is the embedded default. PostgreSQL
-through DATABASE_URL=postgresql://... has a clear path: `Database` opens it with psycopg when
-that package is installed (pool, timing and `analyze_query` via EXPLAIN work the same way);
-without psycopg it fails at construction with a message saying so. The rewrite and index
-tools below read SQLite plans and are SQLite-only.
+SQLite (stdlib sqlite3, the history of core.history) is the embedded default; PostgreSQL
+through DATABASE_URL=postgresql://... (psycopg 3) runs the same code: every query here is
+written once with `?` placeholders, and core.dialect supplies what differs (placeholders,
+catalog reads, plans: EXPLAIN QUERY PLAN in SQLite, EXPLAIN (FORMAT JSON) in PostgreSQL).
 
 Every query run through `Database.query` is recorded as the `database_query` telemetry stage.
 
 Optimizer:
-  analyze_query    EXPLAIN QUERY PLAN -> full scans, temporary b-trees, indexes left unused
+  analyze_query    the plan -> full scans, temporary sorts, indexes left unused
   suggest_indexes  an index per scanned table on its filtered, then sorted, columns
   apply_index      creates one and reports the query's median time before and after
   rewrite_query    function-on-indexed-column -> range, OR chain -> IN, SELECT * -> columns;
@@ -20,7 +19,6 @@ from __future__ import annotations
 import functools
 import queue
 import re
-import sqlite3
 import statistics
 import threading
 import time
@@ -33,42 +31,31 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from core import cache as cache_mod
-from core import history
+from core import dialect, history
+from core.dialect import DB_ERRORS, IDENT as _IDENT
 from core.telemetry import measure_latency
 
 POOL_SIZE = 4
-_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 
 
 class Database:
-    """A small thread-safe connection pool over one DATABASE_URL."""
+    """A small thread-safe connection pool over one DATABASE_URL (`kind`: "sqlite" or
+    "postgresql"). Connections open lazily, at most pool_size; a broken one (the server went
+    away) is closed when it comes back instead of being handed out again."""
 
     def __init__(self, database_url: str, pool_size: int = POOL_SIZE):
         if not isinstance(pool_size, int) or pool_size < 1:
             raise ValueError(f"pool_size must be a positive int, got {pool_size!r}")
         self.url = database_url
-        self.kind = "postgresql" if database_url.startswith(("postgresql://", "postgres://")) else "sqlite"
-        if self.kind == "postgresql":
-            try:
-                import psycopg  # noqa: F401
-            except ImportError:
-                raise NotImplementedError(
-                    "DATABASE_URL is PostgreSQL but psycopg is not installed: `pip install psycopg` "
-                    "(queries, pooling and analyze_query then work unchanged)") from None
-        elif not database_url.startswith("sqlite:///"):
-            raise ValueError(f"DATABASE_URL must be sqlite:///PATH or postgresql://..., got {database_url!r}")
+        self.kind = dialect.kind_of(database_url)
+        dialect.require_driver(self.kind)
         self._pool: queue.LifoQueue = queue.LifoQueue(maxsize=pool_size)
         self._created = 0
         self._size = pool_size
         self._lock = threading.Lock()
 
-    def _open(self):
-        if self.kind == "postgresql":
-            import psycopg
-            return psycopg.connect(self.url)
-        conn = history.connect(self.url)
-        conn.execute("PRAGMA query_only=0")
-        return conn
+    def _open(self) -> dialect.Connection:
+        return history.connect(self.url)
 
     @contextmanager
     def connection(self, timeout: float = 10.0):
@@ -92,7 +79,18 @@ class Database:
         try:
             yield conn
         finally:
+            self._give_back(conn)
+
+    def _give_back(self, conn) -> None:
+        if not conn.broken:
             self._pool.put(conn)
+            return
+        with self._lock:
+            self._created -= 1
+        try:
+            conn.close()
+        except DB_ERRORS:
+            pass
 
     def query(self, sql: str, params: Sequence = ()) -> list[tuple]:
         """Run one statement and fetch all rows, timed as the `database_query` stage."""
@@ -221,49 +219,24 @@ def _tables_in(sql: str) -> list[str]:
         rf"\b(?:FROM|JOIN)\s+({_IDENT})", sql, re.IGNORECASE)))
 
 
-def _indexes(conn, table: str) -> dict[str, list[str]]:
-    out = {}
-    for row in conn.execute(f"PRAGMA index_list({table})").fetchall():
-        name = row[1]
-        out[name] = [r[2] for r in conn.execute(f"PRAGMA index_info({name})").fetchall()]
-    return out
-
-
-def _columns(conn, table: str) -> list[str]:
-    return [r[1] for r in conn.execute(f"PRAGMA table_info({table})").fetchall()]
-
-
 def analyze_query(db: Database, sql: str, params: Sequence = ()) -> dict:
-    """Read the plan of `sql` and name its problems.
+    """Read the plan of `sql` (EXPLAIN QUERY PLAN in SQLite, EXPLAIN in PostgreSQL) and name
+    its problems.
 
-    Returns {"plan": [detail, ...], "full_scans": [table], "index_scans": [table],
-    "temp_btrees": [detail], "indexes_used": [index], "unused_indexes": [index],
-    "tables": [table]}. `unused_indexes` are indexes of the query's tables the plan does not use.
+    Returns {"plan": [line, ...], "full_scans": [table], "index_scans": [table],
+    "temp_btrees": [line], "indexes_used": [index], "unused_indexes": [index],
+    "tables": [table]}. `temp_btrees` are the temporary sorts (SQLite's TEMP B-TREE,
+    PostgreSQL's Sort nodes); `unused_indexes` are indexes of the query's tables the plan does
+    not use.
     """
     _check_sql(sql)
+    tables = _tables_in(sql)
     with db.connection() as conn:
-        if db.kind == "postgresql":
-            plan = [r[0] for r in conn.execute("EXPLAIN " + sql, params).fetchall()]
-            scans = [m.group(1) for d in plan for m in [re.search(r"Seq Scan on (\w+)", d)] if m]
-            return {"plan": plan, "full_scans": scans, "index_scans": [],
-                    "temp_btrees": [d for d in plan if "Sort" in d], "indexes_used": [],
-                    "unused_indexes": [], "tables": _tables_in(sql)}
-        plan = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()]
-        tables = _tables_in(sql)
-        all_indexes = {t: _indexes(conn, t) for t in tables}
-    full, index_scans, used = [], [], set()
-    for detail in plan:
-        m = re.match(rf"SCAN (?:TABLE )?({_IDENT})(.*)", detail)
-        if m and "INDEX" not in m.group(2):
-            full.append(m.group(1))
-        elif m:
-            index_scans.append(m.group(1))
-        used.update(re.findall(rf"INDEX ({_IDENT})", detail))
-        if "PRIMARY KEY" in detail or "INTEGER PRIMARY KEY" in detail:
-            used.update(i for t in all_indexes.values() for i in t if i.startswith("sqlite_autoindex"))
-    unused = sorted(i for t in all_indexes.values() for i in t if i not in used)
-    return {"plan": plan, "full_scans": full, "index_scans": index_scans,
-            "temp_btrees": [d for d in plan if "TEMP B-TREE" in d], "indexes_used": sorted(used),
+        all_indexes = {t: dialect.indexes(conn, t) for t in tables}
+        plan = dialect.explain(conn, sql, params, all_indexes)
+    unused = sorted(i for t in all_indexes.values() for i in t if i not in plan.indexes_used)
+    return {"plan": plan.lines, "full_scans": plan.full_scans, "index_scans": plan.index_scans,
+            "temp_btrees": plan.sorts, "indexes_used": sorted(plan.indexes_used),
             "unused_indexes": unused, "tables": tables}
 
 
@@ -306,7 +279,7 @@ def suggest_indexes(db: Database, sql: str, params: Sequence = ()) -> list[dict]
             sorts = bool(found["temp_btrees"])
             if not (scanned or sorts):
                 continue
-            cols = _columns(conn, table)
+            cols = dialect.columns(conn, table)
             chosen = [c for c in dict.fromkeys(eq) if c in cols]
             ranged = [c for c in dict.fromkeys(rng) if c in cols and c not in chosen][:1]
             chosen += ranged
@@ -315,7 +288,7 @@ def suggest_indexes(db: Database, sql: str, params: Sequence = ()) -> list[dict]
                 chosen += [c for c in dict.fromkeys(by) if c in cols and c not in chosen]
             if not chosen:
                 continue
-            existing = _indexes(conn, table).values()
+            existing = dialect.indexes(conn, table).values()
             if any(ix[:len(chosen)] == chosen for ix in existing):
                 continue
             name = f"ix_{table}_{'_'.join(chosen)}"
@@ -351,14 +324,15 @@ def apply_index(db: Database, suggestion: dict, sql: str, params: Sequence = (),
 
 # ---- rewrite_query --------------------------------------------------------------------
 def _next_prefix(text: str) -> str:
-    """The smallest string greater than every string starting with `text` (BINARY collation)."""
+    """The smallest string greater than every string starting with `text` in byte order
+    (SQLite's BINARY collation; the console's PostgreSQL text columns are COLLATE "C")."""
     return text[:-1] + chr(ord(text[-1]) + 1)
 
 
 def _indexed_columns(conn, tables: Iterable[str]) -> set[str]:
     cols = set()
     for t in tables:
-        for ix in _indexes(conn, t).values():
+        for ix in dialect.indexes(conn, t).values():
             if ix:
                 cols.add(ix[0])
     return cols
@@ -418,7 +392,7 @@ def _rewrite_star(sql: str, columns: Sequence[str] | None, conn, notes: list[str
     m = re.match(rf"\s*SELECT\s+\*\s+FROM\s+({_IDENT})", sql, re.IGNORECASE)
     if not m:
         return sql
-    known = _columns(conn, m.group(1))
+    known = dialect.columns(conn, m.group(1))
     missing = [c for c in columns if c not in known]
     if missing:
         raise ValueError(f"columns {missing} are not columns of {m.group(1)}")
@@ -445,8 +419,6 @@ def rewrite_query(db: Database, sql: str, params: Sequence = (),
     "applied", "before_ms", "after_ms", "plan_before", "plan_after"}.
     """
     _check_sql(sql)
-    if db.kind != "sqlite":
-        raise NotImplementedError("rewrite_query reads SQLite plans; PostgreSQL is not supported")
     notes: list[str] = []
     with db.connection() as conn:
         indexed = _indexed_columns(conn, _tables_in(sql))
@@ -467,7 +439,7 @@ def rewrite_query(db: Database, sql: str, params: Sequence = (),
         return result
     try:
         new_rows = db.query(rewritten, params)
-    except sqlite3.Error as exc:
+    except DB_ERRORS as exc:
         result.update(identical=False, error=f"rewrite failed to run: {exc}")
         return result
     ordered = bool(re.search(r"\bORDER BY\b", sql, re.IGNORECASE))
@@ -484,12 +456,14 @@ def rewrite_query(db: Database, sql: str, params: Sequence = (),
 
 
 # ---- the watched queries database.analyze reviews -------------------------------------
-def watched_queries(year: int | None = None) -> list[tuple[str, str, tuple, tuple | None]]:
-    """(name, sql, params, columns_used) of the queries the console's readers run."""
+def watched_queries(year: int | None = None, kind: str = dialect.SQLITE
+                    ) -> list[tuple[str, str, tuple, tuple | None]]:
+    """(name, sql, params, columns_used) of the queries the console's readers run, in the
+    `kind` database's idiom (the year filter is each dialect's usual function on the date)."""
     year = time.gmtime().tm_year if year is None else int(year)
     return [
         ("closes window", WINDOW_SQL, (0, 59), None),
-        ("bars of one year", f"SELECT * FROM daily_bars WHERE strftime('%Y', date) = '{year:04d}'",
+        ("bars of one year", f"SELECT * FROM daily_bars WHERE {dialect.year_of('date', kind)} = '{year:04d}'",
          (), ("symbol", "day", "close")),
         ("closes of a few symbols", "SELECT day, close FROM daily_bars WHERE symbol = 'IDX' OR "
          "symbol = 'S00' OR symbol = 'S01' ORDER BY day, close", (), None),
@@ -501,13 +475,13 @@ def watched_queries(year: int | None = None) -> list[tuple[str, str, tuple, tupl
 def review(db: Database, timestamp: float | None = None) -> dict:
     """Analyze every watched query and try the safe rewrites; what database.analyze stores."""
     findings = []
-    for name, sql, params, cols in watched_queries():
+    for name, sql, params, cols in watched_queries(kind=db.kind):
         try:
             entry = {"name": name, "sql": sql, "analysis": analyze_query(db, sql, params),
                      "suggestions": suggest_indexes(db, sql, params),
                      "rewrite": rewrite_query(db, sql, params, cols, repeats=3),
                      "median_ms": time_query(db, sql, params, 3)}
-        except (sqlite3.Error, ValueError) as exc:
+        except (*DB_ERRORS, ValueError) as exc:
             entry = {"name": name, "sql": sql, "error": str(exc)}
         findings.append(entry)
     return {"ts": time.time() if timestamp is None else timestamp, "queries": findings}

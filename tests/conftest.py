@@ -127,3 +127,37 @@ def celery_beat_process(redis_url, celery_worker_process):
 @pytest.fixture(scope="session")
 def test_tmp_dir() -> Path:
     return _TMP
+
+
+# ---- PostgreSQL (DATABASE_URL=postgresql://...): a private server, stopped at the end ----------
+DATABASE_KINDS = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A private PostgreSQL server for the run (tests/pg_server.py). Where PostgreSQL is not
+    installed the test is skipped with the reason, except under CI=true, where it fails:
+    .ci/run installs it, so a skip there would hide lost coverage."""
+    from tests import pg_server
+    reason = pg_server.missing_reason()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL tests cannot run in CI: {reason}")
+        pytest.skip(reason)
+    server = pg_server.PostgresServer(free_port()).start()
+    yield server
+    server.stop()
+
+
+def new_database_url(request, kind: str, folder: Path) -> str:
+    """A new, empty history database of `kind`: a SQLite file in `folder`, or a database of
+    its own on the private PostgreSQL server."""
+    if kind == "sqlite":
+        return f"sqlite:///{folder / 'history.db'}"
+    return request.getfixturevalue("postgres_server").create_database(f"t_{os.urandom(6).hex()}")
+
+
+@pytest.fixture(params=DATABASE_KINDS)
+def database_url(request, tmp_path) -> str:
+    """A fresh DATABASE_URL, once per database kind: tests using it run on both."""
+    return new_database_url(request, request.param, tmp_path)

@@ -22,7 +22,7 @@ def _work(client) -> dict:
         changes = []
         for q in findings["queries"]:
             for suggestion in q.get("suggestions", []):
-                sql, params = next((s, p) for n, s, p, _c in db.watched_queries() if n == q["name"])
+                sql, params = next((s, p) for n, s, p, _c in db.watched_queries(kind=database.kind) if n == q["name"])
                 applied = db.apply_index(database, suggestion, sql, params, repeats=5,
                                          min_speedup=MIN_SPEEDUP)
                 q.setdefault("applied", []).append(applied)

@@ -1,21 +1,27 @@
 """Database tier: pooling, the database_query stage, plan analysis, index suggestions with
-measured before/after, and rewrites that are applied only when results stay identical."""
+measured before/after, and rewrites that are applied only when results stay identical. Every
+test runs on both databases: embedded SQLite and a private PostgreSQL server."""
 from __future__ import annotations
 
+import datetime as dt
+import sys
 import threading
 
 import numpy as np
 import pytest
 
-from core import db, history
+from core import db, dialect, history
 from core.market import FactorModel
+from tests.conftest import DATABASE_KINDS, new_database_url
+
+TODAY = dt.date(2026, 1, 5)       # fixed, so the year windows below hold the same share of rows
 
 
-@pytest.fixture(scope="module")
-def database(tmp_path_factory):
-    url = db.sqlite_url(tmp_path_factory.mktemp("db") / "h.db")
+@pytest.fixture(scope="module", params=DATABASE_KINDS)
+def database(request, tmp_path_factory):
+    url = new_database_url(request, request.param, tmp_path_factory.mktemp("db"))
     conn = history.connect(url)
-    history.backfill(conn, FactorModel.from_seed(10, 3), 400, 3)
+    history.backfill(conn, FactorModel.from_seed(10, 3), 400, 3, today=TODAY)
     conn.close()
     d = db.Database(url, pool_size=3)
     yield d
@@ -46,20 +52,19 @@ def test_queries_are_recorded_as_the_database_query_stage(database):
     assert int(RECORDER.collect()["database_query"].counts.sum()) == 5
 
 
-def test_postgres_url_without_driver_fails_with_a_clear_message():
-    try:
-        import psycopg  # noqa: F401
-        pytest.skip("psycopg installed")
-    except ImportError:
-        pass
-    with pytest.raises(NotImplementedError, match="psycopg"):
+def test_postgres_url_without_driver_fails_with_a_clear_message(monkeypatch):
+    monkeypatch.setitem(sys.modules, "psycopg", None)      # what `import psycopg` sees uninstalled
+    with pytest.raises(NotImplementedError, match="psycopg is not installed"):
         db.Database("postgresql://u@localhost/x")
+    with pytest.raises(ValueError, match="sqlite:///PATH or postgresql://"):
+        db.Database("mysql://u@localhost/x")
 
 
 def test_analyze_names_full_scans_temp_sorts_and_unused_indexes(database):
     found = db.analyze_query(database, "SELECT day FROM daily_bars WHERE close > ? ORDER BY close", (1.0,))
-    assert found["full_scans"] == ["daily_bars"]
-    assert any("TEMP B-TREE" in d for d in found["temp_btrees"])
+    assert found["full_scans"] == ["daily_bars"] and found["index_scans"] == []
+    sort_marker = "TEMP B-TREE" if database.kind == dialect.SQLITE else "Sort"
+    assert any(sort_marker in d for d in found["temp_btrees"])
     assert {"daily_bars_day", "daily_bars_date"} <= set(found["unused_indexes"])
     ok = db.analyze_query(database, "SELECT close FROM daily_bars WHERE day = 3")
     assert ok["full_scans"] == [] and "daily_bars_day" in ok["indexes_used"]
@@ -69,10 +74,13 @@ def test_applied_index_removes_the_full_scan_and_reports_timings(database):
     sql, params = "SELECT day, close FROM daily_bars WHERE volume > ? ORDER BY volume", (1e12,)
     [suggestion] = db.suggest_indexes(database, sql, params)
     assert suggestion["columns"] == ["volume"]
+    assert db.analyze_query(database, sql, params)["full_scans"] == ["daily_bars"]
     out = db.apply_index(database, suggestion, sql, params, repeats=3)
     assert out["before_ms"] > 0 and out["after_ms"] > 0
-    assert any("SCAN daily_bars" == p for p in out["plan_before"])
-    assert not db.analyze_query(database, sql, params)["full_scans"]
+    full_scan = "SCAN daily_bars" if database.kind == dialect.SQLITE else "Seq Scan on daily_bars"
+    assert any(full_scan in p for p in out["plan_before"])
+    after = db.analyze_query(database, sql, params)
+    assert not after["full_scans"] and "ix_daily_bars_volume" in after["indexes_used"]
     assert db.suggest_indexes(database, sql, params) == []      # nothing left to propose
     with pytest.raises(ValueError):
         db.apply_index(database, {"ddl": "DROP TABLE daily_bars"}, sql)
@@ -80,12 +88,13 @@ def test_applied_index_removes_the_full_scan_and_reports_timings(database):
 
 def test_function_on_indexed_column_becomes_a_range_with_identical_results(database):
     year = database.query("SELECT substr(min(date), 1, 4) FROM daily_bars")[0][0]
-    sql = f"SELECT symbol, day, close FROM daily_bars WHERE strftime('%Y', date) = '{year}' ORDER BY symbol, day"
+    sql = (f"SELECT symbol, day, close FROM daily_bars WHERE {dialect.year_of('date', database.kind)} "
+           f"= '{year}' ORDER BY symbol, day")
     out = db.rewrite_query(database, sql, repeats=2)
     assert out["applied"] and out["identical"] and "date >= " in out["rewritten"]
     assert database.query(out["rewritten"]) == database.query(sql) and len(database.query(sql)) > 0
-    assert out["plan_before"] == ["SCAN daily_bars", "USE TEMP B-TREE FOR ORDER BY"] or \
-        "SCAN daily_bars" in out["plan_before"][0]
+    assert "daily_bars_date" not in db.analyze_query(database, sql)["indexes_used"]     # the function hides it
+    assert "daily_bars_date" in db.analyze_query(database, out["rewritten"])["indexes_used"]
     assert any("daily_bars_date" in p for p in out["plan_after"])
 
 
@@ -143,10 +152,9 @@ def test_windows_read_from_day_blocks_equal_direct_reads_and_share_their_blocks(
     np.testing.assert_array_equal(past, db.read_closes_window(database, 390, 10))   # clipped to newest
 
 
-def test_the_tail_skips_incomplete_days_like_closes_matrix_and_a_new_day_reloads_one_block(tmp_path):
+def test_the_tail_skips_incomplete_days_like_closes_matrix_and_a_new_day_reloads_one_block(database_url):
     from core.cache import CacheManager
-    url = db.sqlite_url(tmp_path / "gaps.db")
-    conn = history.connect(url)
+    conn = history.connect(database_url)
     model = FactorModel.from_seed(4, 5)
     history.backfill(conn, model, 200, 5)
     with conn:

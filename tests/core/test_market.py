@@ -121,8 +121,11 @@ def test_append_day_adds_bars_and_trade_summary(tmp_path, model):
     assert conn.execute("SELECT orders, daily_pnl FROM daily_trades").fetchall() == [(3, 12.5)]
 
 
-def test_postgres_url_is_not_implemented_yet():
-    with pytest.raises(NotImplementedError, match="PostgreSQL"):
-        history.connect("postgresql://user@localhost/console")
+def test_unreachable_postgres_or_unknown_scheme_is_a_clear_error():
+    from tests.conftest import free_port
+    url = f"postgresql://user:secret@127.0.0.1:{free_port()}/console"     # nothing listens there
+    with pytest.raises(history.DB_ERRORS, match="cannot connect to postgresql://user:\\*\\*\\*@") as err:
+        history.connect(url)
+    assert "secret" not in str(err.value)
     with pytest.raises(ValueError, match="sqlite"):
         history.connect("mysql://x")

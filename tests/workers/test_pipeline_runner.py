@@ -104,10 +104,30 @@ def test_runner_places_no_orders_while_trading_is_halted(redis_client, redis_url
         sigterm_and_wait(proc)
 
 
-def test_runner_refuses_postgres_with_a_clear_message(tmp_path, redis_url):
-    proc = start_runner(tmp_path, redis_url, DATABASE_URL="postgresql://u@127.0.0.1/console")
+def test_runner_backfills_and_appends_live_days_to_postgres(redis_client, redis_url, tmp_path, request):
+    from core import history
+    from tests.conftest import new_database_url
+    url = new_database_url(request, "postgresql", tmp_path)
+    proc = start_runner(tmp_path, redis_url, DATABASE_URL=url)
+    try:
+        wait_for(lambda: redis_client.zcard(schema.PIPELINE_DAILY) >= 2, 40, what="two closed sim days")
+    finally:
+        sigterm_and_wait(proc)
+    conn = history.connect(url)
+    try:
+        days, last = conn.execute("SELECT COUNT(DISTINCT day), MAX(day) FROM daily_bars").fetchone()
+        assert days >= 42 and last >= 41                         # 40 backfilled + live days
+        assert conn.execute("SELECT COUNT(*) FROM daily_trades").fetchone()[0] >= 2
+    finally:
+        conn.close()
+    assert "backfilled" in (tmp_path / "runner.log").read_text()
+
+
+def test_runner_with_an_unreachable_database_exits_with_a_clear_message(tmp_path, redis_url):
+    from tests.conftest import free_port
+    proc = start_runner(tmp_path, redis_url, DATABASE_URL=f"postgresql://u@127.0.0.1:{free_port()}/console")
     assert proc.wait(timeout=30) == 2
-    assert "PostgreSQL: not supported yet" in (tmp_path / "runner.log").read_text()
+    assert "history database unavailable: cannot connect to postgresql://" in (tmp_path / "runner.log").read_text()
 
 
 def test_runner_survives_redis_outage_and_recovers_when_it_returns(tmp_path):
