@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import sqlite3
 
 import kombu.exceptions
 import redis
@@ -27,6 +26,7 @@ from flask import Flask, jsonify, request
 from app import data
 from app.api import _caller, _error
 from core import stress, stress_jobs
+from core.dialect import DB_ERRORS
 from core.stress import StressInputError
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def register(server: Flask) -> None:
                 portfolio=portfolio, options=body.get("options"))
         except StressInputError as exc:
             return _input_error(exc)
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, *DB_ERRORS) as exc:
             log.error("stress run via API: history unavailable: %s", exc)
             return _error(503, f"price history unavailable: {exc}")
         resp = jsonify({"job_id": job_id, "created": created,

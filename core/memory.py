@@ -4,9 +4,14 @@ monitor_memory_usage   system total/available/percent/swap + RSS and USS per con
 get_memory_trend       least-squares slope over a window with a 95 % confidence interval;
                        a process is a leak suspect when it grows steadily (CI above zero, R^2 high)
 optimize_memory        gc per generation with objects and bytes freed (measured), L1 clean-up
-memory-mapped arrays   `store_array` writes a large array as an np.memmap file under var/mmap;
-                       other processes `open_array` it read-only and share the page cache
-                       instead of holding private copies (`measure_mmap_saving` measures it)
+memory-mapped arrays   `store_array` writes an array with its meta as one file under
+                       var/mmap; readers map it read-only (`shared_arrays(var_dir).get(name)`
+                       keeps one mapping per process, re-opened when the file is replaced) and
+                       share the page cache instead of holding private copies. What it saves
+                       is measured twice: `mapped_usage` reads the live readers' smaps (rss,
+                       pss, uss of the mapping), `measure_mmap_saving` runs two processes
+                       holding it at once, as private copies and as mappings. The one array
+                       mapped in the product is the daily closes matrix (core.shared_closes).
 recover                automatic recovery: above settings.gc_threshold_pct collect, above
                        settings.memory_threshold_pct also clean caches and raise an alert
 """
@@ -15,11 +20,15 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import math
 import os
 import re
+import struct
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -34,7 +43,6 @@ from core.procs import console_processes
 log = logging.getLogger(__name__)
 
 SERIES_RETENTION_S = schema.SECOND_SERIES_RETENTION_S
-MEMORY_BUDGET_BYTES = 2 * 1024**3      # the spec's 2 GB for all console processes
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -76,8 +84,7 @@ def monitor_memory_usage(client: redis.Redis | None = None, pids: dict[int, str]
               "percent": vm.percent, "swap_bytes": sw.used, "swap_percent": sw.percent,
               "procs": procs,
               "console_rss_bytes": sum(p["rss_bytes"] for p in procs),
-              "console_uss_bytes": sum(p["uss_bytes"] or 0 for p in procs),
-              "budget_bytes": MEMORY_BUDGET_BYTES}
+              "console_uss_bytes": sum(p["uss_bytes"] or 0 for p in procs)}
     if client is not None:
         pipe = client.pipeline(transaction=False)
         schema.add_to_series(pipe, schema.MEMORY_SERIES, now, schema.dumps(sample), SERIES_RETENTION_S)
@@ -201,72 +208,269 @@ def recover(client: redis.Redis | None, percent: float, gc_threshold_pct: float,
 
 
 # ---- memory-mapped arrays -------------------------------------------------------------------
+# One file per array under var/mmap, replaced atomically and never modified in place:
+#   MMAP_MAGIC | header length (uint32 LE) | header JSON, space-padded so the data starts on a
+#   64-byte boundary | the array's bytes in C order.
+# The header is {"dtype", "shape", "meta", "written_at"}: the writer's description travels in
+# the same file as the data, so a reader never pairs one version's rows with another's meta.
+# No fsync: a file cut short by a crash fails the size check on open and is rebuilt.
+MMAP_MAGIC = b"CMMAP\x00\x01\n"
+_PREFIX_BYTES = len(MMAP_MAGIC) + 4
+_ALIGN = 64
+_MAX_HEADER_BYTES = 1 << 20
+
+
 def _check_name(name: str) -> None:
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(f"array name must be 1-64 characters of [A-Za-z0-9_.-], got {name!r}")
 
 
-def store_array(var_dir: Path, name: str, array: np.ndarray, client: redis.Redis | None = None) -> Path:
-    """Write `array` as `var_dir/mmap/<name>.npy` (a memory-mappable .npy), atomically."""
+def array_path(var_dir: Path, name: str) -> Path:
+    """Where the array `name` lives: var_dir/mmap/<name>.mmap."""
     _check_name(name)
-    arr = np.asarray(array)
+    return Path(var_dir) / "mmap" / f"{name}.mmap"
+
+
+@dataclass(frozen=True, eq=False)
+class MappedArray:
+    """One version of a stored array. `array` is a read-only np.memmap (writes raise
+    ValueError); `version` identifies the file (device, inode, mtime, size)."""
+
+    array: np.ndarray
+    meta: dict
+    path: Path
+    version: tuple
+    written_at: float
+
+
+def _file_version(st: os.stat_result) -> tuple:
+    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def store_array(var_dir: Path, name: str, array, client: redis.Redis | None = None,
+                meta: dict | None = None) -> Path:
+    """Write `array` (a fixed-size dtype) with `meta` (JSON-able) as `array_path(var_dir, name)`.
+    Atomic (a temporary file renamed over the old one): readers see the old version or the new
+    one, and a reader that mapped the old one keeps it until it re-opens. With `client`, the
+    array is listed in schema.MEMORY_MMAP."""
+    path = array_path(var_dir, name)
+    arr = np.ascontiguousarray(array)
     if arr.dtype.hasobject:
         raise TypeError("only fixed-size dtypes can be memory-mapped")
-    folder = Path(var_dir) / "mmap"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.npy"
-    tmp = folder / f".{name}.{os.getpid()}.tmp.npy"
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=arr.dtype, shape=arr.shape)
-    out[...] = arr
-    out.flush()
-    del out
-    os.replace(tmp, path)
+    now = time.time()
+    header = json.dumps({"dtype": arr.dtype.str, "shape": list(arr.shape), "meta": meta or {},
+                         "written_at": now}).encode()
+    header += b" " * (-(_PREFIX_BYTES + len(header)) % _ALIGN)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(MMAP_MAGIC + struct.pack("<I", len(header)) + header)
+            f.write(arr.reshape(-1).view(np.uint8).data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     if client is not None:
         client.hset(schema.MEMORY_MMAP, name, schema.dumps(
-            {"path": str(path), "shape": list(arr.shape), "dtype": arr.dtype.str, "bytes": int(arr.nbytes),
-             "t": time.time()}))
+            {"path": str(path), "shape": list(arr.shape), "dtype": arr.dtype.str,
+             "bytes": int(arr.nbytes), "t": now, "meta": meta or {}}))
     return path
 
 
-def open_array(var_dir: Path, name: str) -> np.memmap:
-    """The stored array, mapped read-only (writes raise ValueError)."""
-    _check_name(name)
-    path = Path(var_dir) / "mmap" / f"{name}.npy"
-    if not path.exists():
-        raise FileNotFoundError(f"no memory-mapped array {name!r} under {path.parent}")
-    return np.load(path, mmap_mode="r")
+def _read_header(f, path: Path) -> tuple[dict, int]:
+    prefix = f.read(_PREFIX_BYTES)
+    if len(prefix) < _PREFIX_BYTES or prefix[:len(MMAP_MAGIC)] != MMAP_MAGIC:
+        raise ValueError(f"{path}: not a memory-mapped array file (bad magic)")
+    (size,) = struct.unpack("<I", prefix[len(MMAP_MAGIC):])
+    if size > _MAX_HEADER_BYTES:
+        raise ValueError(f"{path}: header of {size} bytes is over the {_MAX_HEADER_BYTES} byte limit")
+    try:
+        header = json.loads(f.read(size))
+        header["dtype"] = np.dtype(header["dtype"])
+        header["shape"] = tuple(int(n) for n in header["shape"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: corrupt header ({type(exc).__name__}: {exc})") from None
+    if header["dtype"].hasobject or any(n < 0 for n in header["shape"]):
+        raise ValueError(f"{path}: header describes no fixed-size array")
+    return header, _PREFIX_BYTES + size
+
+
+def open_array(var_dir: Path, name: str) -> MappedArray:
+    """The stored array mapped read-only, with its meta. FileNotFoundError when absent,
+    ValueError when the file is not one `store_array` wrote completely."""
+    path = array_path(var_dir, name)
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no memory-mapped array {name!r} under {path.parent}") from None
+    with f:
+        st = os.fstat(f.fileno())
+        header, offset = _read_header(f, path)
+        dtype, shape = header["dtype"], header["shape"]
+        expected = offset + dtype.itemsize * math.prod(shape)
+        if st.st_size != expected:
+            raise ValueError(f"{path}: {st.st_size} bytes where the header says {expected}")
+        if math.prod(shape) == 0:               # mmap cannot map zero bytes
+            data = np.empty(shape, dtype)
+            data.flags.writeable = False
+        else:                                   # the mapping holds its own descriptor
+            data = np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=shape)
+    return MappedArray(data, dict(header.get("meta") or {}), path, _file_version(st),
+                       float(header.get("written_at") or 0.0))
+
+
+class SharedArrays:
+    """This process's read-only mappings, one per array name, kept between reads so that the
+    pages stay shared with every other process mapping the same file, and re-opened when the
+    writer has replaced it (one os.stat per read). None, never an exception, for an array
+    that is absent or unreadable: the caller reads its source instead."""
+
+    def __init__(self, var_dir: Path):
+        self.var_dir = Path(var_dir)
+        self._maps: dict[str, MappedArray] = {}
+        self._bad: dict[str, tuple] = {}        # name -> version logged as unreadable
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> MappedArray | None:
+        try:
+            version = _file_version(os.stat(array_path(self.var_dir, name)))
+        except FileNotFoundError:
+            self._maps.pop(name, None)
+            return None
+        current = self._maps.get(name)
+        if current is not None and current.version == version:
+            return current
+        with self._lock:
+            try:
+                current = open_array(self.var_dir, name)
+            except FileNotFoundError:            # replaced and removed between stat and open
+                return None
+            except ValueError as exc:
+                if self._bad.get(name) != version:
+                    self._bad[name] = version
+                    log.warning("memory-mapped array %s unreadable, not used: %s", name, exc)
+                return None
+            self._maps[name] = current
+            return current
+
+    def drop(self, name: str) -> None:
+        """Forget the mapping (it is unmapped when no array taken from it is left)."""
+        self._maps.pop(name, None)
+
+
+_SHARED: dict[tuple[int, str], SharedArrays] = {}   # per process: the mappings ARE per process
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_arrays(var_dir: Path) -> SharedArrays:
+    """This process's SharedArrays for `var_dir` (a forked child gets its own)."""
+    key = (os.getpid(), str(var_dir))
+    found = _SHARED.get(key)
+    if found is None:
+        with _SHARED_LOCK:
+            found = _SHARED.setdefault(key, SharedArrays(var_dir))
+    return found
+
+
+# ---- what mapping saves, measured ------------------------------------------------------------
+def mapped_usage(var_dir: Path, name: str, pids: dict[int, str]) -> dict:
+    """Which of `pids` ({pid: role}) map the array now, and what its pages cost each (smaps):
+    rss (resident pages of the mapping), pss (each shared page split between its mappers) and
+    uss (pages no other process maps). A version replaced since a process mapped it shows as
+    "stale" (the file name with " (deleted)").
+
+    A reader holding a private copy of what it touched would have its rss as USS, so
+    uss_saved_bytes = sum(rss - uss) over the readers; physical_saved_bytes = sum(rss) -
+    sum(pss) counts the page cache's one copy against them."""
+    target = str(array_path(var_dir, name))
+    readers = []
+    for pid, role in sorted(pids.items()):
+        try:
+            maps = [m for m in psutil.Process(pid).memory_maps(grouped=True)
+                    if m.path in (target, target + " (deleted)")]
+        except (psutil.Error, OSError):
+            continue
+        if maps:
+            readers.append({"pid": pid, "role": role, "rss_bytes": sum(m.rss for m in maps),
+                            "pss_bytes": sum(m.pss for m in maps),
+                            "uss_bytes": sum(m.private_clean + m.private_dirty for m in maps),
+                            "stale": any(m.path != target for m in maps)})
+    rss, pss, uss = (sum(r[k] for r in readers) for k in ("rss_bytes", "pss_bytes", "uss_bytes"))
+    return {"name": name, "readers": readers, "rss_bytes": rss, "pss_bytes": pss, "uss_bytes": uss,
+            "uss_saved_bytes": rss - uss, "physical_saved_bytes": rss - pss}
 
 
 _READER = r"""
-import sys, time, numpy as np, psutil
-mode, path = sys.argv[1], sys.argv[2]
+import sys
+sys.path.insert(0, sys.argv[4])
+import mmap
+import numpy as np, psutil
+from core.memory import open_array
+mode, var_dir, name = sys.argv[1:4]
 p = psutil.Process()
 base = p.memory_full_info()
-arr = np.load(path, mmap_mode="r") if mode == "mmap" else np.load(path)
-total = float(arr.sum())
-m = p.memory_full_info()
-print(m.rss - base.rss, m.uss - base.uss, total, flush=True)
+m = open_array(var_dir, name)
+if mode == "copy":    # a private copy read from the file, as np.load or a cache would hold it,
+    # in fresh anonymous pages: malloc might reuse freed heap and hide part of its cost
+    buf = mmap.mmap(-1, max(1, m.array.nbytes))
+    with open(m.path, "rb") as f:
+        f.seek(m.array.offset)
+        f.readinto(buf)
+    arr = np.frombuffer(buf, m.array.dtype, m.array.size).reshape(m.array.shape)
+    del m
+else:
+    arr = m.array
+total = float(arr.sum())   # touches every page, allocates nothing (nansum would copy)
+print("ready", flush=True)
+sys.stdin.readline()  # every reader holds its array now
+now = p.memory_full_info()
+print(now.rss - base.rss, now.uss - base.uss, now.pss - base.pss, total, flush=True)
+sys.stdin.readline()
 """
+_ROOT = Path(__file__).resolve().parent.parent
 
 
-def measure_mmap_saving(path: Path, readers: int = 2) -> dict:
-    """Start `readers` processes that read the whole array, once as private copies (np.load)
-    and once memory-mapped; report the RSS and USS each reader added in both cases.
+def _run_readers(mode: str, var_dir: Path, name: str, readers: int, timeout_s: float) -> dict:
+    """`readers` processes that each hold the whole array (copy or mapping) at the same time."""
+    cmd = [sys.executable, "-c", _READER, mode, str(var_dir), name, str(_ROOT)]
+    procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(readers)]
+    try:
+        for p in procs:
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"{mode} reader failed: {p.communicate(timeout=timeout_s)[1][-500:]}")
+        for p in procs:
+            p.stdin.write("measure\n")
+            p.stdin.flush()
+        rows = [p.stdout.readline().split() for p in procs]
+        for p in procs:
+            p.communicate(timeout=timeout_s)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    if any(len(r) != 4 for r in rows):
+        raise RuntimeError(f"{mode} reader gave no measurement: {rows}")
+    return {"rss_added": [int(r[0]) for r in rows], "uss_added": [int(r[1]) for r in rows],
+            "pss_added": [int(r[2]) for r in rows]}
 
-    A mapped reader's pages are the shared page cache, so its USS barely grows; a copy is
-    private to every reader. saved_bytes = (copy USS - mmap USS) summed over the readers.
-    """
-    res = {}
-    for mode in ("copy", "mmap"):
-        rss, uss = [], []
-        for _ in range(readers):
-            out = subprocess.run([sys.executable, "-c", _READER, mode, str(path)], capture_output=True,
-                                 text=True, timeout=60, check=True).stdout.split()
-            rss.append(int(out[0]))
-            uss.append(int(out[1]))
-        res[mode] = {"rss_added": rss, "uss_added": uss}
+
+def measure_mmap_saving(var_dir: Path, name: str, readers: int = 2, timeout_s: float = 60.0) -> dict:
+    """`readers` processes hold the whole array at once, first each as a private copy, then
+    each as the shared read-only mapping; the USS, RSS and PSS each added, per mode.
+
+    Copies are private to every reader; the mapped pages are the page cache's, shared between
+    the readers, so their USS barely grows. saved_bytes = (copy USS - mapped USS) summed over
+    the readers. With a single reader there is nothing to share (its mapped pages count as its
+    own), so at least two are needed."""
+    if isinstance(readers, bool) or not isinstance(readers, int) or readers < 2:
+        raise ValueError(f"readers must be an int >= 2 (one reader shares nothing), got {readers!r}")
+    array_bytes = int(open_array(var_dir, name).array.nbytes)
+    res = {mode: _run_readers(mode, var_dir, name, readers, timeout_s) for mode in ("copy", "mmap")}
     saved = sum(res["copy"]["uss_added"]) - sum(res["mmap"]["uss_added"])
-    return {**res, "readers": readers, "saved_bytes": saved, "array_bytes": int(np.load(path, mmap_mode="r").nbytes)}
+    return {**res, "readers": readers, "saved_bytes": saved, "array_bytes": array_bytes}
 
 
 def record_run(client: redis.Redis, area: str, result: dict) -> str:

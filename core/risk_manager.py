@@ -4,7 +4,8 @@ Inputs (all written by the pipeline runner):
   schema.BROKER_ACCOUNT / BROKER_POSITIONS   equity, positions (qty, last_price)
   schema.PIPELINE_DAILY                      daily P&L and equity per simulated day
   schema.MODEL_OUTCOMES                      (prediction, realized next return) pairs
-  the SQLite history (core/history.py)       daily closes -> asset daily returns
+  the SQLite history (core/history.py)       daily closes -> asset daily returns (read from its
+                                             memory map, core/shared_closes.py, when current)
 Output: one JSON document in schema.RISK_LATEST (shape in `compute`) and a small summary per
 run in schema.RISK_HISTORY (24 h). Units: `*_pct` fields are loss fractions of equity
 (0.03 = 3 %), `*_ccy` fields are currency; positive = loss, as in core/risk.py.
@@ -20,7 +21,7 @@ import time
 
 import numpy as np
 
-from core import alerts, db, history, risk, schema
+from core import alerts, db, history, risk, schema, shared_closes
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +113,19 @@ def read_daily(client, limit: int = 2000) -> list[dict]:
     return rows
 
 
-def read_closes(conn, symbols: list[str], cache=None, last_rows: int | None = None) -> np.ndarray:
+def read_closes(conn, symbols: list[str], cache=None, last_rows: int | None = None,
+                var_dir=None) -> np.ndarray:
     """Daily closes (days x symbols, oldest first; days missing a symbol dropped), the newest
-    `last_rows` days (all when None). Through `cache` (a core.cache.CacheManager) the history
+    `last_rows` days (all when None). With `var_dir`, the memory-mapped closes matrix answers
+    when it is current (core.shared_closes: checked against the database's last day), with no
+    copy kept in this process. Else through `cache` (a core.cache.CacheManager) the history
     is read in day blocks (core.db.cached_closes_tail): closed blocks never change and are
     shared by every read, and a new day is a new key for the open block only, so nothing
     stale is read and a new day does not re-read the whole history."""
+    if var_dir is not None:
+        mapped = shared_closes.read(conn, var_dir, symbols, last_rows)
+        if mapped is not None:
+            return mapped
     if cache is None:
         closes = history.closes_matrix(conn, symbols)
         return closes if last_rows is None else closes[-last_rows:]
@@ -128,11 +136,11 @@ def read_closes(conn, symbols: list[str], cache=None, last_rows: int | None = No
                                  symbols, last[0], last_rows)
 
 
-def asset_returns(conn, symbols: list[str], lookback: int, cache=None) -> np.ndarray:
+def asset_returns(conn, symbols: list[str], lookback: int, cache=None, var_dir=None) -> np.ndarray:
     """Simple daily returns (days x symbols) of the last `lookback` days from the closes."""
     if not symbols:
         return np.empty((0, 0))
-    closes = read_closes(conn, symbols, cache, last_rows=lookback + 1)
+    closes = read_closes(conn, symbols, cache, last_rows=lookback + 1, var_dir=var_dir)
     if len(closes) < 2:
         return np.empty((0, len(symbols)))
     return closes[1:] / closes[:-1] - 1.0
@@ -176,7 +184,7 @@ def _pnl(daily: list[dict], initial_cash: float) -> dict:
 
 
 def compute(client, conn, lookback_days: int = 252, mc_scenarios: int = 20_000, seed: int = 0,
-            now: float | None = None, cache=None) -> dict:
+            now: float | None = None, cache=None, var_dir=None) -> dict:
     """The whole risk picture of the live portfolio as a JSON-ready dict:
     {ts, equity, gross_exposure, net_exposure, leverage, n_positions, days_of_history,
      var: [{method, confidence, var_pct, cvar_pct, var_ccy, cvar_ccy}],
@@ -190,7 +198,7 @@ def compute(client, conn, lookback_days: int = 252, mc_scenarios: int = 20_000, 
     initial_cash = account.get("initial_cash", math.nan)
     symbols = [p["symbol"] for p in positions]
     values = np.array([p["value"] for p in positions])
-    R = asset_returns(conn, symbols, lookback_days, cache)
+    R = asset_returns(conn, symbols, lookback_days, cache, var_dir)
     usable_equity = equity if math.isfinite(equity) and equity > 0 else math.nan
     w = values / usable_equity if symbols else np.zeros(0)
     if not np.isfinite(w).all():
@@ -260,10 +268,10 @@ def check_model_confidence(client, result: dict, threshold: float) -> str | None
 
 
 def run_once(client, conn, settings, now: float | None = None, cache=None) -> dict:
-    """Compute, store and alert: what the risk.compute task does (history reads through
-    `cache` when given)."""
+    """Compute, store and alert: what the risk.compute task does (history reads from the
+    memory-mapped closes under settings.var_dir when current, else through `cache` when given)."""
     result = compute(client, conn, settings.risk_lookback_days, settings.risk_mc_scenarios,
-                     settings.seed, now, cache)
+                     settings.seed, now, cache, settings.var_dir)
     store(client, result)
     check_model_confidence(client, result, settings.model_confidence_threshold)
     return result

@@ -233,7 +233,8 @@ def _optimization_tunables() -> list[Tunable]:
     return [
         Tunable("vectorization_enabled", "optimization", "bool", _setting("vectorization_enabled"), f"numpy {flag}"),
         Tunable("numba_enabled", "optimization", "bool", _setting("numba_enabled"), f"numba {flag}"),
-        Tunable("onnx_enabled", "optimization", "bool", _setting("onnx_enabled"), f"ONNX Runtime {flag}"),
+        Tunable("onnx_enabled", "optimization", "bool", _setting("onnx_enabled"),
+                f"ONNX Runtime {flag}; off, the pipeline's model_inference runs the same model in Python"),
         Tunable("max_workers", "optimization", "int", _setting("max_workers"),
                 "threads for numba, ONNX Runtime and batch scoring (at the next kernels.optimize)",
                 lo=1, hi=1024, unit="threads"),

@@ -41,7 +41,8 @@ console:model:outcomes                stream   per-second batches {ts, n, pairs:
 console:pipeline:control              string   JSON {"tick_rate": float} read live by the runner
 console:kernels:selection             string   JSON {ts, kernels: {kernel: backend}, batch_size, max_workers, numba_threads, session}
 console:kernels:bench                 string   JSON live benchmark table {ts, shape, rows: [{kernel, backend, ms, speedup, max_error, ok, selected}]}
-console:kernels:history               stream   selection changes {ts, what, before, after, before_ms, after_ms}, capped
+console:kernels:history               stream   selection changes {ts, what, before, after, before_ms, after_ms}, capped;
+                                               also the pipeline's model_inference backend switches (what, reason)
 console:model:metrics                 string   JSON signal model {ts, path, hit_rate, ci_low, ci_high, n, session table}
 console:lock:kernels                  string   SET NX EX lock: one kernels.optimize at a time
 console:cache:v:<key>                 string   CacheManager L2 entry (core.cache wire format), PX = TTL
@@ -51,7 +52,8 @@ console:cache:l1_size                 string   L1 entry bound chosen by cache.op
 console:cache:stats:<proc>            string   JSON per-tier statistics of one process, EX 120
 console:cache:series                  zset     multi-tier hit rate / latency samples JSON, 1 h
 console:memory:s1                     zset     per-process RSS/USS + system memory JSON, 1 h
-console:memory:mmap                   hash     name -> JSON {path, shape, dtype, bytes} (np.memmap under var/)
+console:memory:mmap                   hash     name -> JSON {path, shape, dtype, bytes, t, meta, live, measured}: arrays
+                                               memory-mapped under var/mmap and what mapping saves (memory.optimize)
 console:opt:history:<area>            stream   optimization runs (memory / cache / database), capped
 console:opt:last:<area>               string   JSON result of the latest run of <area>
 console:db:findings                   string   JSON latest analyze_query findings per watched query

@@ -398,10 +398,13 @@ class Universe:
     @classmethod
     def from_history(cls, conn, settings) -> "Universe":
         """The simulator's universe: FactorModel.from_seed(settings.symbols, settings.seed) and
-        the last settings.risk_lookback_days daily returns of the SQLite history."""
+        the last settings.risk_lookback_days daily returns of the history (its memory-mapped
+        closes under settings.var_dir when current: core.shared_closes)."""
         model = FactorModel.from_seed(settings.symbols, settings.seed)
-        closes = risk_manager.read_closes(conn, list(model.symbols))
-        return cls.from_model(model, closes, settings.risk_lookback_days)
+        lookback = settings.risk_lookback_days
+        closes = risk_manager.read_closes(conn, list(model.symbols), last_rows=lookback + 1,
+                                          var_dir=settings.var_dir)
+        return cls.from_model(model, closes, lookback)
 
     @classmethod
     def synthetic(cls, n_assets: int, seed: int = 0, days: int = 252) -> "Universe":

@@ -32,7 +32,7 @@ import time
 
 import redis
 
-from core import history, procs, runtime_config, safety, schema
+from core import history, procs, runtime_config, safety, schema, shared_closes
 from core.broker import PaperBroker, TradingGate
 from core.emergency import Liquidator, write_audit
 from core.limits import LimitConfig, LimitMonitor
@@ -62,6 +62,7 @@ class Runner:
         if added:
             log.info("history: backfilled %d rows into %s", added, settings.database_url)
         last_day, last_date = history.last_day(self.db)
+        self._share_closes()
         closes = history.last_closes(self.db)
         prices = [closes.get(s) or p for s, p in zip(self.model.symbols, self.model.start_price)]
         self.sim = MarketSimulator(self.model, settings.seed + last_day, start_prices=prices,
@@ -107,8 +108,22 @@ class Runner:
     # ---- edges (asyncio) -----------------------------------------------------------------
     def _store_day(self, ev: DayClose) -> None:
         history.append_day(self.db, ev.day, dt.date.fromisoformat(ev.date), ev.bars, ev.trades)
+        self._share_closes(ev.day, ev.bars)
         log.info("sim day %d (%s) closed: P&L %.2f, equity %.2f, %d orders", ev.day, ev.date,
                  ev.daily_pnl, ev.equity, ev.trades.get("orders", 0))
+
+    def _share_closes(self, day: int | None = None, bars: dict | None = None) -> None:
+        """Rewrite the memory-mapped daily closes that risk and stress readers map
+        (core.shared_closes) once the history holds `day`; at start, from the database. A
+        failure only sends readers back to the database: logged, never raised."""
+        keep = shared_closes.keep_days(self.settings)
+        try:
+            if bars is None:
+                shared_closes.rebuild(self.db, self.settings.var_dir, keep)
+            else:
+                shared_closes.append_day(self.db, self.settings.var_dir, day, bars, keep)
+        except Exception as exc:  # noqa: BLE001  (an optimisation: the history write stands)
+            log.warning("memory-mapped closes not updated (readers use the database): %s", exc)
 
     def _on_fill(self, fill: Fill) -> None:
         """The orders-out edge: fills leave the hot path here (a later issue can route them
@@ -227,10 +242,14 @@ class Runner:
 
     def _on_config(self, values, changed=None) -> None:
         """Runtime settings (listener thread): risk limits, safety rules and the rules' period
-        take effect here without a restart; each is one reference swap the io thread reads."""
+        take effect here without a restart; each is one reference swap the io thread reads.
+        onnx_enabled swaps the tick predictor (ONNX Runtime or the same model in Python)."""
         self.limits.config = runtime_config.limit_config(values)
         self.safety_config = runtime_config.safety_config(values)
         self.safety_interval_s = float(values["safety_interval_s"])
+        if self.model_rt.set_onnx_enabled(self.pipeline, values["onnx_enabled"]):
+            log.info("onnx_enabled %s: model_inference runs on %s", values["onnx_enabled"],
+                     self.pipeline.model_backend)
 
     async def _every(self, period_s, fn) -> None:
         """Run fn in a thread every period_s seconds (a number, or a function read each round)."""
@@ -301,8 +320,8 @@ def main() -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         runner = Runner(settings)
-    except NotImplementedError as exc:
-        log.error("%s", exc)
+    except (NotImplementedError, *history.DB_ERRORS) as exc:
+        log.error("history database unavailable: %s", exc)
         return 2
     return asyncio.run(runner.run())
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import sqlite3
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
@@ -62,7 +61,7 @@ def compute() -> str:
     except redis.RedisError as exc:
         log.warning("risk.compute: Redis unavailable: %s", exc)
         return "failed"
-    except (OSError, NotImplementedError, sqlite3.Error) as exc:
+    except (OSError, NotImplementedError, *history.DB_ERRORS) as exc:
         log.warning("risk.compute: history unavailable: %s", exc)
         return "failed"
     except SoftTimeLimitExceeded:

@@ -19,12 +19,15 @@ def _ms(value) -> str:
     return f"{value:,.0f} ms" if value >= 100 else f"{value:.1f} ms" if value >= 1 else f"{value * 1e3:.0f} µs"
 
 
-def kernels_section(bench: dict | None, selection: dict | None, model: dict | None):
+def kernels_section(bench: dict | None, selection: dict | None, model: dict | None,
+                    pipeline: dict | None = None):
     """The live table: time and speed-up per path of the data-processing step (squash), the
-    selected backend per kernel, and the signal model's out-of-sample hit rate."""
+    selected backend per kernel, the signal model's out-of-sample hit rate, and the backend the
+    running pipeline's model_inference uses (`pipeline`: its status JSON)."""
     if not bench:
-        return html.P("No kernel benchmark yet: the kernels.optimize task runs at start and on "
-                      "its beat schedule.", className="text-body-secondary", id="latency-kernels-empty")
+        return html.Div([html.P("No kernel benchmark yet: the kernels.optimize task runs at start and on "
+                                "its beat schedule.", className="text-body-secondary", id="latency-kernels-empty"),
+                         _backend_line(pipeline)])
     rows = bench.get("rows") or []
     squash = {r["backend"]: r for r in rows if r.get("kernel") == "squash"}
     shape = next(iter(squash.values()), {}).get("shape") or ["?", "?"]
@@ -50,7 +53,28 @@ def kernels_section(bench: dict | None, selection: dict | None, model: dict | No
                      f"input into the same output buffer; measured "
                      f"{time.strftime('%H:%M:%S', time.localtime(bench.get('ts', 0)))}.",
                      className="small text-body-secondary mb-1")
-    return html.Div([caption, table, _selection_line(rows, selection), _model_line(model)])
+    return html.Div([caption, table, _selection_line(rows, selection), _model_line(model),
+                     _backend_line(pipeline)])
+
+
+BACKEND_LABELS = {"onnx": "ONNX Runtime", "python": "the same model in Python arithmetic",
+                  "linear": "the start-up linear fit (signal model not loaded)"}
+
+
+def _backend_line(pipeline: dict | None):
+    """Which backend scores the live ticks, the onnx_enabled flag, and the last switch."""
+    backend = (pipeline or {}).get("model_backend")
+    if not backend:
+        return html.P("Pipeline model_inference: the pipeline has not reported yet.", className="small",
+                      id="latency-kernels-backend")
+    flag = pipeline.get("onnx_enabled")
+    parts = [html.B("Pipeline model_inference: "), BACKEND_LABELS.get(backend, backend),
+             "" if flag is None else f" (onnx_enabled {'on' if flag else 'off'})"]
+    switch = pipeline.get("model_switch")
+    if switch:
+        parts.append(f"; switched {switch['before']} → {switch['after']} at "
+                     f"{time.strftime('%H:%M:%S', time.localtime(switch['ts']))} ({switch.get('reason') or ''})")
+    return html.P(parts + ["."], className="small", id="latency-kernels-backend")
 
 
 def _selection_line(rows: list[dict], selection: dict | None):

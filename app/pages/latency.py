@@ -196,5 +196,7 @@ def _bus_table(bus: dict):
 @data.guarded(lambda _n: dbc.Alert("Redis unreachable.", color="secondary"))
 def update_kernels(_n):
     client = data.client()
-    bench, sel, model = client.mget(schema.KERNELS_BENCH, schema.KERNELS_SELECTION, schema.MODEL_METRICS)
-    return kernels_table.kernels_section(schema.loads(bench), schema.loads(sel), schema.loads(model))
+    bench, sel, model, status = client.mget(schema.KERNELS_BENCH, schema.KERNELS_SELECTION,
+                                            schema.MODEL_METRICS, schema.PIPELINE_STATUS)
+    return kernels_table.kernels_section(schema.loads(bench), schema.loads(sel), schema.loads(model),
+                                         schema.loads(status))

@@ -38,6 +38,15 @@ def test_kernels_section_marks_the_selected_path_and_rejected_ones():
     assert "No kernel benchmark yet" in _text(kernels_section(None, None, None))
 
 
+def test_kernels_section_shows_the_live_model_backend_and_its_last_switch():
+    status = {"model_backend": "python", "onnx_enabled": False,
+              "model_switch": {"ts": 0.0, "before": "onnx", "after": "python", "reason": "onnx_enabled set off"}}
+    text = _text(kernels_section(None, None, None, status))
+    assert "the same model in Python arithmetic" in text and "(onnx_enabled off)" in text
+    assert "switched onnx → python" in text and "(onnx_enabled set off)" in text
+    assert "has not reported yet" in _text(kernels_section(None, None, None, None))
+
+
 @pytest.mark.timeout(180)
 def test_latency_page_shows_the_live_kernel_table_from_the_worker(console, page, redis_url):
     client = schema.connect(redis_url)

@@ -49,10 +49,24 @@ def viewer(store):
 
 @pytest.fixture
 def live_book(store, pipeline_process, celery_worker_process):
-    """The pipeline has backfilled its history and holds positions."""
+    """The pipeline has backfilled its history and holds positions. Both are waited for: an
+    earlier module's runner may have left positions in Redis before this session's pipeline
+    has backfilled the history."""
+    wait_for(_history_days, 90, 0.5, "the backfilled history")
     wait_for(lambda: any(abs(schema.loads(v).get("qty", 0)) > 0
                          for v in store.hvals(schema.BROKER_POSITIONS)), 90, 0.5, "open positions")
     return store
+
+
+def _history_days() -> bool:
+    """True once the history holds enough days for the stress universe."""
+    settings = get_settings()
+    conn = history.connect(settings.database_url)
+    try:
+        symbols = sorted(history.last_closes(conn))
+        return bool(symbols) and len(history.closes_matrix(conn, symbols)) > stress.MIN_HISTORY_DAYS + 1
+    finally:
+        conn.close()
 
 
 def universe_csv(rows: list[str]) -> str:

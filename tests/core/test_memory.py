@@ -13,6 +13,7 @@ import pytest
 
 from core import cache, memory, schema
 from core.procs import register_process
+from tests.conftest import ROOT
 
 DB = 5
 
@@ -96,19 +97,98 @@ def test_recovery_collects_above_gc_threshold_and_cleans_and_alerts_above_memory
     assert fields[b"source"] == b"memory" and b"85%" in fields[b"message"]
 
 
-def test_memory_mapped_array_is_read_only_and_saves_reader_memory(tmp_path, r):
-    arr = np.random.default_rng(0).normal(size=(4000, 1000))       # 32 MB
-    path = memory.store_array(tmp_path, "returns", arr, r)
-    mapped = memory.open_array(tmp_path, "returns")
-    assert np.array_equal(mapped, arr)
+def test_mapped_array_round_trips_with_its_meta_and_is_read_only(tmp_path, r):
+    arr = np.arange(12.0).reshape(3, 4)
+    memory.store_array(tmp_path, "closes", arr, r, meta={"symbols": ["A", "B", "C", "D"], "last_day": 7})
+    mapped = memory.open_array(tmp_path, "closes")
+    assert isinstance(mapped.array, np.memmap) and np.array_equal(mapped.array, arr)
+    assert mapped.meta == {"symbols": ["A", "B", "C", "D"], "last_day": 7}
+    assert mapped.array.offset % 64 == 0                     # the data starts on a 64-byte boundary
     with pytest.raises(ValueError):
-        mapped[0, 0] = 1.0
-    assert schema.loads(r.hget(schema.MEMORY_MMAP, "returns"))["bytes"] == arr.nbytes
-    out = memory.measure_mmap_saving(path, readers=2)
-    assert min(out["copy"]["uss_added"]) > 0.9 * arr.nbytes
-    assert max(out["mmap"]["uss_added"]) < 0.2 * arr.nbytes
-    assert out["saved_bytes"] > 1.5 * arr.nbytes
-    with pytest.raises(ValueError):
-        memory.store_array(tmp_path, "../evil", arr)
-    with pytest.raises(FileNotFoundError):
+        mapped.array[0, 0] = 1.0
+    listed = schema.loads(r.hget(schema.MEMORY_MMAP, "closes"))
+    assert listed["bytes"] == arr.nbytes and listed["meta"]["last_day"] == 7
+    empty = memory.store_array(tmp_path, "empty", np.empty((0, 4)))
+    assert memory.open_array(tmp_path, "empty").array.shape == (0, 4) and empty.name == "empty.mmap"
+
+
+@pytest.mark.parametrize("name, array, error", [
+    ("../evil", np.zeros(3), ValueError), ("", np.zeros(3), ValueError),
+    ("objects", np.array([object()]), TypeError)])
+def test_storing_a_bad_name_or_an_object_array_is_a_clear_error(tmp_path, name, array, error):
+    with pytest.raises(error):
+        memory.store_array(tmp_path, name, array)
+    assert not (tmp_path / "mmap").exists() or not any((tmp_path / "mmap").iterdir())
+
+
+def test_a_missing_truncated_or_foreign_file_is_refused_and_never_mapped(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no memory-mapped array 'missing'"):
         memory.open_array(tmp_path, "missing")
+    path = memory.store_array(tmp_path, "cut", np.ones((100, 10)))
+    path.write_bytes(path.read_bytes()[:-8])                 # a crash mid-write
+    with pytest.raises(ValueError, match="header says"):
+        memory.open_array(tmp_path, "cut")
+    memory.array_path(tmp_path, "npy").write_bytes(b"\x93NUMPY" + b"\0" * 100)
+    with pytest.raises(ValueError, match="bad magic"):
+        memory.open_array(tmp_path, "npy")
+    shared = memory.SharedArrays(tmp_path)
+    assert shared.get("cut") is None and shared.get("npy") is None and shared.get("missing") is None
+
+
+def test_shared_mapping_is_kept_between_reads_and_reopened_when_the_writer_replaces_it(tmp_path):
+    memory.store_array(tmp_path, "m", np.zeros((4, 2)), meta={"v": 1})
+    shared = memory.SharedArrays(tmp_path)
+    first = shared.get("m")
+    assert shared.get("m") is first                          # one mapping per process
+    memory.store_array(tmp_path, "m", np.ones((5, 2)), meta={"v": 2})
+    second = shared.get("m")
+    assert second is not first and second.meta == {"v": 2} and second.array.shape == (5, 2)
+    assert first.array.sum() == 0.0                          # the old version stays readable
+    memory.array_path(tmp_path, "m").unlink()
+    assert shared.get("m") is None
+    assert memory.shared_arrays(tmp_path) is memory.shared_arrays(tmp_path)
+
+
+def test_two_processes_holding_the_mapping_share_its_pages_where_copies_do_not(tmp_path):
+    arr = np.random.default_rng(0).normal(size=(2000, 1000))        # 16 MB
+    memory.store_array(tmp_path, "returns", arr)
+    out = memory.measure_mmap_saving(tmp_path, "returns", readers=2)
+    n = arr.nbytes
+    assert out["array_bytes"] == n and out["readers"] == 2
+    assert min(out["copy"]["uss_added"]) > 0.95 * n                  # each copy is private
+    assert max(out["mmap"]["uss_added"]) < 0.05 * n                  # the mapped pages are shared
+    assert min(out["mmap"]["rss_added"]) > 0.95 * n                  # ... yet every reader has them all
+    assert sum(out["mmap"]["pss_added"]) == pytest.approx(n, rel=0.05)   # held once between the two
+    assert out["saved_bytes"] > 1.9 * n
+    with pytest.raises(ValueError, match="one reader shares nothing"):
+        memory.measure_mmap_saving(tmp_path, "returns", readers=1)
+
+
+_HOLDER = """
+import sys, numpy as np
+from core import memory
+m = memory.shared_arrays(sys.argv[1]).get("held")
+print(float(np.asarray(m.array).sum()), flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_mapped_usage_names_the_processes_that_map_the_array_and_what_they_save(tmp_path):
+    arr = np.ones((1000, 1000))                                      # 8 MB
+    memory.store_array(tmp_path, "held", arr)
+    holders = [subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+               for _ in range(2)]
+    try:
+        assert [h.stdout.readline().strip() for h in holders] == ["1000000.0"] * 2
+        pids = {h.pid: "worker" for h in holders} | {os.getpid(): "self"}
+        usage = memory.mapped_usage(tmp_path, "held", pids)
+    finally:
+        for h in holders:
+            h.communicate("\n", timeout=10)
+    assert {x["pid"] for x in usage["readers"]} == {h.pid for h in holders}     # not this process
+    for reader in usage["readers"]:
+        assert reader["rss_bytes"] >= arr.nbytes and reader["uss_bytes"] < 0.05 * arr.nbytes
+        assert reader["stale"] is False
+    assert usage["uss_saved_bytes"] > 1.9 * arr.nbytes
+    assert usage["physical_saved_bytes"] == pytest.approx(arr.nbytes, rel=0.05)

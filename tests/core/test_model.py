@@ -206,3 +206,49 @@ def schema_db(redis_url):
     client = schema.connect(redis_url.rsplit("/", 1)[0] + "/9")
     client.flushdb()
     return client
+
+
+def test_onnx_flag_swaps_the_live_predictor_to_the_same_model_in_python_and_back(trained, redis_url):
+    """Off: model_inference runs the model's weights as Python arithmetic, equal to ONNX
+    Runtime within float32 tolerance on ticks the model never saw; each switch is recorded in
+    the kernels history with its reason, and shows in the runner's status."""
+    from core import schema
+    from core.events import Tick
+    from core.model import ModelRuntime
+    from core.settings import load_settings
+    client = schema_db(redis_url)
+    rt = ModelRuntime(load_settings({"CONSOLE_MODEL_PATH": str(trained[0])}))
+    pipe = _pipeline()
+    rt.attach(pipe, 1 / 1000)
+    onnx_predict = pipe._predict
+    assert pipe.model_backend == "onnx" and rt.set_onnx_enabled(pipe, True) is False
+    assert rt.set_onnx_enabled(pipe, False) is True and pipe.model_backend == "python"
+    X, _ = feature_dataset(FactorModel.from_seed(20, 5), 5, 300, stream=12)
+    rows = [tuple(r) for r in X[::7].tolist()]
+    assert len(rows) > 500
+    got, want = np.array([pipe._predict(f) for f in rows]), np.array([onnx_predict(f) for f in rows])
+    assert np.allclose(got, want, rtol=1e-4, atol=1e-9) and np.abs(want).max() > 1e-6
+    for i in range(100):                                   # the pipeline keeps scoring ticks on it
+        pipe.on_tick(Tick(i, i % 3, 100 + 0.01 * (i % 7), 99.99, 100.01, 10.0, 0.5, 1000.0, 0, 0.0))
+    assert pipe.ticks_total == 100 and pipe.model_backend == "python" and not pipe.backend_failures
+    rt.io(client, pipe, now=10.0)
+    rt.set_onnx_enabled(pipe, True)
+    rt.io(client, pipe, now=11.0)
+    assert pipe.model_backend == "onnx" and pipe._predict(rows[0]) == pytest.approx(want[0], rel=1e-5)
+    history = [{k.decode(): schema.loads(v) for k, v in f.items()} for _id, f in client.xrange(schema.KERNELS_HISTORY)]
+    assert [(h["what"], h["before"], h["after"], h["reason"]) for h in history] == [
+        ("model_inference", "onnx", "python", "onnx_enabled set off"),
+        ("model_inference", "python", "onnx", "onnx_enabled set on")]
+    status = rt.status(pipe)
+    assert status["onnx_enabled"] is True and status["model_switch"]["ts"] == 11.0
+    rt.io(client, pipe, now=12.0)
+    assert client.xlen(schema.KERNELS_HISTORY) == 2          # no switch, no entry
+
+
+def test_onnx_disabled_at_start_installs_the_python_model(trained):
+    from core.model import ModelRuntime
+    from core.settings import load_settings
+    rt = ModelRuntime(load_settings({"CONSOLE_MODEL_PATH": str(trained[0]), "CONSOLE_ONNX_ENABLED": "0"}))
+    pipe = _pipeline()
+    rt.attach(pipe, 1 / 60_000)
+    assert pipe.model_backend == "python" and rt.status(pipe)["onnx_enabled"] is False

@@ -8,9 +8,10 @@ from core.settings import get_settings
 
 
 def _report(latency=None, bottleneck=None, system=None, bench=None, model=None, cache=None,
-            throughput=None, firing=()):
+            throughput=None, firing=(), budget=2 * 1024**3):
     return {"window_s": 300, "latency": latency or {}, "bottleneck": bottleneck or {},
-            "system": system or {}, "kernels": {"selection": {}, "bench": bench or {}},
+            "system": system or {}, "memory_budget_bytes": budget,
+            "kernels": {"selection": {}, "bench": bench or {}},
             "model": model or {}, "cache": cache, "alerts_firing": list(firing),
             "throughput": throughput or {"target_ops_s": 900.0, "ops_s": None}}
 
@@ -49,9 +50,17 @@ def test_resources_cache_model_and_throughput_findings():
     assert report.generate_optimization_recommendations(_report()) == []
 
 
+def test_memory_finding_uses_the_configured_budget():
+    half = _report(system={"console_rss_bytes": 1.2 * 1024**3}, budget=1024**3)
+    [rec] = report.generate_optimization_recommendations(half)
+    assert rec["severity"] == "critical" and "1.20 GiB of the 1 GiB budget" in rec["finding"]
+    assert report.generate_optimization_recommendations(_report(system={"console_rss_bytes": 1.2 * 1024**3})) == []
+
+
 def test_live_report_from_redis_is_json_and_html_even_with_no_data(isolated_client):
     rep = report.get_comprehensive_performance_report(isolated_client, get_settings())
     json.dumps(rep)
+    assert rep["memory_budget_bytes"] == 2048 * 1024**2           # the alert rule's default budget
     assert set(rep["latency"]) >= {"total_pipeline", "data_processing"}
     page = report.render_html(rep)
     assert page.startswith("<!DOCTYPE html>") and "Recommendations" in page and "http" not in page
