@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 
 import dash
 import dash_bootstrap_components as dbc
-from dash import ALL, Input, Output, State, callback, html, no_update
+from dash import ALL, Input, Output, callback, html, no_update
 
 from app import auth, data
 from app.components import charts
