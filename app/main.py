@@ -38,7 +38,8 @@ INDEX = """<!DOCTYPE html>
 def _navbar() -> dbc.Navbar:
     role = auth.current_role()
     # pages may declare `min_role` (register_page kwarg); the page itself checks it again
-    links = [dbc.NavItem(dbc.NavLink(page["name"], href=page["relative_path"], active="exact"))
+    links = [dbc.NavItem(dbc.NavLink(page["name"], href=page["relative_path"], active="exact",
+                                        className="text-nowrap"))
              for page in sorted(dash.page_registry.values(), key=lambda p: p.get("order", 99))
              if users.has_role(role, page.get("min_role", "viewer"))]
     return dbc.Navbar(dbc.Container([
