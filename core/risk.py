@@ -403,11 +403,15 @@ def monte_carlo_var_cvar(asset_returns, weights, confidence: float = 0.95,
         return {"var": math.nan, "cvar": math.nan, "nu": math.nan,
                 "by_confidence": {c: (math.nan, math.nan) for c in levels},
                 "component_cvar": np.full(w.shape, np.nan)}
-    fit = fit_student_t(R) if distribution == "student_t" else None
     chol = None
-    if fit:
-        fit["mean32"] = fit["mean"].astype(np.float32)
-        chol = np.asfortranarray(_cholesky(fit["scale"]), dtype=np.float32)
+    # the fit and its factor under the same single BLAS thread as the simulation: with fewer
+    # periods than assets the covariance is singular, and the eigen-decomposition fallback of
+    # _cholesky then depends on the thread count (the same seed must give the same figures)
+    with _blas_controller().limit(limits=MC_BLAS_THREADS, user_api="blas"):
+        fit = fit_student_t(R) if distribution == "student_t" else None
+        if fit:
+            fit["mean32"] = fit["mean"].astype(np.float32)
+            chol = np.asfortranarray(_cholesky(fit["scale"]), dtype=np.float32)
     rng = np.random.default_rng(seed)
     pnl = np.empty(n_scenarios)
     w_sim = w.astype(np.float32) if fit else w

@@ -339,3 +339,17 @@ def test_annualized_volatility_scales_by_root_periods_per_year():
     assert math.isnan(risk.annualized_volatility([0.01]))
     with pytest.raises(ValueError, match="period"):
         risk.annualized_volatility(r, "hourly")
+
+
+def test_monte_carlo_does_not_depend_on_the_blas_thread_count_for_a_singular_covariance():
+    """Fewer periods than assets: the covariance is singular and factored by eigen-decomposition,
+    whose bits depend on the BLAS thread count unless the fit runs pinned like the simulation."""
+    from threadpoolctl import threadpool_limits
+    rng = np.random.default_rng(11)
+    R = rng.standard_normal((120, 400)) * 0.01 + 0.002 * rng.standard_normal((120, 1))
+    w = rng.uniform(-1, 1, 400) / 400
+    with threadpool_limits(1):
+        one = risk.monte_carlo_var_cvar(R, w, n_scenarios=20_000, seed=5)
+    with threadpool_limits(2):
+        two = risk.monte_carlo_var_cvar(R, w, n_scenarios=20_000, seed=5)
+    assert one["var"] == two["var"] and one["cvar"] == two["cvar"]
