@@ -23,6 +23,7 @@ switching costs nothing visible.
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import gc
 import logging
@@ -53,11 +54,15 @@ SHUTDOWN_BUDGET_S = 4.0
 REGISTER_EVERY = 5                # status rounds between process-registry refreshes
 
 
+MAX_PENDING_DAYS = 256   # closed sim days kept while the history database is unreachable
+
+
 class Runner:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.model = FactorModel.from_seed(settings.symbols, settings.seed)
         self.db = history.connect(settings.database_url)
+        self._pending_days: collections.deque[DayClose] = collections.deque()
         added = history.backfill(self.db, self.model, settings.backfill_days, settings.seed)
         if added:
             log.info("history: backfilled %d rows into %s", added, settings.database_url)
@@ -107,10 +112,43 @@ class Runner:
 
     # ---- edges (asyncio) -----------------------------------------------------------------
     def _store_day(self, ev: DayClose) -> None:
-        history.append_day(self.db, ev.day, dt.date.fromisoformat(ev.date), ev.bars, ev.trades)
-        self._share_closes(ev.day, ev.bars)
-        log.info("sim day %d (%s) closed: P&L %.2f, equity %.2f, %d orders", ev.day, ev.date,
-                 ev.daily_pnl, ev.equity, ev.trades.get("orders", 0))
+        """Queue the closed day and write every queued day, oldest first. A database error
+        (a PostgreSQL restart, a locked SQLite file) keeps the days queued, reconnects, and
+        the next close retries them: days are upserts, so a retried day is written once.
+        At most MAX_PENDING_DAYS wait; beyond that the oldest is dropped, with an error."""
+        if len(self._pending_days) == MAX_PENDING_DAYS:
+            lost = self._pending_days.popleft()
+            log.error("history unavailable for %d sim days: day %d dropped from the history",
+                      MAX_PENDING_DAYS, lost.day)
+        self._pending_days.append(ev)
+        while self._pending_days:
+            day = self._pending_days[0]
+            try:
+                history.append_day(self.db, day.day, dt.date.fromisoformat(day.date), day.bars, day.trades)
+            except history.DB_ERRORS as exc:
+                log.warning("history write of sim day %d failed (%s); %d day(s) queued, reconnecting",
+                            day.day, exc, len(self._pending_days))
+                self._reconnect_db()
+                return
+            self._pending_days.popleft()
+            self._share_closes(day.day, day.bars)
+            log.info("sim day %d (%s) closed: P&L %.2f, equity %.2f, %d orders", day.day, day.date,
+                     day.daily_pnl, day.equity, day.trades.get("orders", 0))
+
+    def _reconnect_db(self) -> None:
+        """A fresh connection for the next write; the broken one is closed. A failed connect
+        keeps the old object: the next write fails fast and tries again."""
+        try:
+            fresh = history.connect(self.settings.database_url)
+        except history.DB_ERRORS as exc:
+            log.warning("history database still unreachable: %s", exc)
+            return
+        try:
+            self.db.close()
+        except Exception:  # noqa: BLE001  (closing a dead connection may raise; it is gone either way)
+            pass
+        self.db = fresh
+        log.info("history database reconnected")
 
     def _share_closes(self, day: int | None = None, bars: dict | None = None) -> None:
         """Rewrite the memory-mapped daily closes that risk and stress readers map

@@ -123,6 +123,38 @@ def test_runner_backfills_and_appends_live_days_to_postgres(redis_client, redis_
     assert "backfilled" in (tmp_path / "runner.log").read_text()
 
 
+def test_runner_keeps_writing_days_after_a_postgres_restart(redis_client, redis_url, tmp_path, request):
+    """Kept: every closed day, the ones closed while the server restarted included (queued and
+    retried on a fresh connection). Lost: nothing."""
+    from core import history
+    from tests.conftest import new_database_url
+    url = new_database_url(request, "postgresql", tmp_path)
+    server = request.getfixturevalue("postgres_server")
+    proc = start_runner(tmp_path, redis_url, DATABASE_URL=url)
+
+    def last_day() -> int:
+        conn = history.connect(url)
+        try:
+            return history.last_day(conn)[0]
+        finally:
+            conn.close()
+    try:
+        wait_for(lambda: redis_client.zcard(schema.PIPELINE_DAILY) >= 1, 40, what="a closed sim day")
+        before = last_day()
+        server.restart()
+        wait_for(lambda: last_day() >= before + 3, 40, 0.5, "days written after the restart")
+        assert proc.poll() is None
+    finally:
+        sigterm_and_wait(proc)
+    conn = history.connect(url)
+    try:
+        days = [d for (d,) in conn.execute("SELECT DISTINCT day FROM daily_bars ORDER BY day").fetchall()]
+    finally:
+        conn.close()
+    assert days == list(range(days[0], days[-1] + 1)), "a day is missing from the history"
+    assert "history database reconnected" in (tmp_path / "runner.log").read_text()
+
+
 def test_runner_with_an_unreachable_database_exits_with_a_clear_message(tmp_path, redis_url):
     from tests.conftest import free_port
     proc = start_runner(tmp_path, redis_url, DATABASE_URL=f"postgresql://u@127.0.0.1:{free_port()}/console")
