@@ -134,9 +134,10 @@ def create_batches(x: np.ndarray, batch_size: int) -> list[np.ndarray]:
 def calculate_optimal_batch_size(predict: Callable[[np.ndarray], np.ndarray], n_features: int,
                                  latency_budget_ms: float = DEFAULT_LATENCY_BUDGET_MS,
                                  candidates=BATCH_CANDIDATES, min_time_s: float = 0.05,
-                                 seed: int = 0) -> dict:
+                                 seed: int = 0, clock: Callable[[], float] = time.perf_counter) -> dict:
     """Measure per-batch latency (p99 of repeated calls) and rows/s for each candidate size;
-    pick the highest throughput whose p99 fits the budget (the smallest size if none does)."""
+    pick the highest throughput whose p99 fits the budget (the smallest size if none does).
+    `clock` (seconds) is injectable so tests check the decision without real timing."""
     if not (isinstance(latency_budget_ms, (int, float)) and math.isfinite(latency_budget_ms)
             and latency_budget_ms > 0):
         raise ValueError(f"latency_budget_ms must be a positive number, got {latency_budget_ms!r}")
@@ -149,11 +150,11 @@ def calculate_optimal_batch_size(predict: Callable[[np.ndarray], np.ndarray], n_
         batch = rng.standard_normal((size, n_features)).astype(np.float32)
         predict(batch)
         times = []
-        deadline = time.perf_counter() + min_time_s
-        while len(times) < 5 or (time.perf_counter() < deadline and len(times) < 2000):
-            t0 = time.perf_counter()
+        deadline = clock() + min_time_s
+        while len(times) < 5 or (clock() < deadline and len(times) < 2000):
+            t0 = clock()
             predict(batch)
-            times.append(time.perf_counter() - t0)
+            times.append(clock() - t0)
         lat = np.array(times) * 1e3
         p99 = float(np.percentile(lat, 99))
         rows.append({"batch_size": size, "p50_ms": float(np.median(lat)), "p99_ms": p99,

@@ -33,10 +33,27 @@ def sleepy_predict(per_row_s: float, fixed_s: float = 0.0):
     return predict
 
 
+class ModelClock:
+    """A clock that only the modelled predict moves: latency = fixed + per_row x rows, exactly."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def predict(self, per_row_s: float, fixed_s: float):
+        def predict(batch):
+            self.t += fixed_s + per_row_s * len(batch)
+            return batch.sum(axis=1)
+        return predict
+
+
 def test_batch_size_is_the_fastest_within_the_latency_budget():
-    # latency ~ 0.2 ms + 2 us a row: 512 rows ~ 1.2 ms fits 3 ms, 2048 rows ~ 4.3 ms does not
-    res = calculate_optimal_batch_size(sleepy_predict(2e-6, 2e-4), 4, latency_budget_ms=3.0,
-                                       candidates=(1, 32, 512, 2048), min_time_s=0.02)
+    # latency 0.2 ms + 2 us a row: 512 rows 1.22 ms fits 3 ms, 2048 rows 4.3 ms does not
+    clock = ModelClock()
+    res = calculate_optimal_batch_size(clock.predict(2e-6, 2e-4), 4, latency_budget_ms=3.0,
+                                       candidates=(1, 32, 512, 2048), min_time_s=0.02, clock=clock)
     by_size = {r["batch_size"]: r for r in res["rows"]}
     assert res["batch_size"] == 512
     assert by_size[512]["p99_ms"] <= 3.0 < by_size[2048]["p99_ms"]
