@@ -17,7 +17,7 @@ from dash import Input, Output, State, callback, ctx, dcc, html, no_update
 from dash_bootstrap_templates import load_figure_template
 from flask import jsonify, request
 
-from app import api, api_stress, auth, data
+from app import api, api_stress, auth, data, inputs
 from app.components import emergency as estop
 from app.components.kpi import severity_color
 from core import alerts, emergency, health, prometheus, report, safety, users
@@ -106,7 +106,10 @@ def _toasts_fallback(_n, last_id):
 def update_toasts(_n, last_id):
     if last_id is None:  # first tick of this browser tab: start after the newest alert
         return no_update, alerts.last_alert_id(data.client())
-    fresh = alerts.alerts_after(data.client(), last_id, limit=5)
+    try:
+        fresh = alerts.alerts_after(data.client(), last_id, limit=5)
+    except ValueError:  # not an alert id (a tampered store): start again after the newest alert
+        return no_update, alerts.last_alert_id(data.client())
     if not fresh:
         return no_update, no_update
     return [_toast(a) for a in fresh], fresh[-1]["id"]
@@ -135,7 +138,7 @@ def emergency_stop_dialog(_open, _cancel, _confirm, reason):
         denied = auth.require_role("operator")
         if denied:
             return True, no_update, denied
-        text = (reason or "").strip()[:safety.MAX_REASON] or "emergency stop button"
+        text = inputs.text(reason).strip()[:safety.MAX_REASON] or "emergency stop button"
         result = emergency.emergency_stop(data.client(), text, _web_user(), "button")
         return False, result["ts"], ""
     return False, no_update, ""

@@ -7,7 +7,7 @@ import dash
 import dash_bootstrap_components as dbc
 from dash import ALL, Input, Output, callback, html, no_update
 
-from app import auth, data
+from app import auth, data, inputs
 from app.components import charts
 from app.components.kpi import severity_color
 from core import alerting, alerts, runtime_config
@@ -98,7 +98,7 @@ def act_on_rule(_acks, _resolves):
           Input("alerts-severity", "value"), Input("alerts-text", "value"))
 @data.guarded(_unavailable)
 def show_history(_n, severity, text):
-    needle = (text or "").strip().lower()
+    needle, severity = inputs.text(text).strip().lower(), inputs.scalar(severity)
     rows = [a for a in alerts.recent_alerts(data.client(), limit=500)
             if (severity in (None, "all") or a["severity"] == severity)
             and (not needle or needle in f"{a['source']} {a['message']}".lower())]

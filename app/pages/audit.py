@@ -7,7 +7,7 @@ import dash
 import dash_bootstrap_components as dbc
 from dash import Input, Output, callback, dcc, html
 
-from app import auth, data
+from app import auth, data, inputs
 from core.audit import recent_audit
 
 dash.register_page(__name__, path="/audit", name="Audit", order=91, min_role="admin")
@@ -37,7 +37,7 @@ def show_audit(_n, text):
     denied = auth.require_role("admin")
     if denied:
         return dbc.Alert(denied, color="danger")
-    needle = (text or "").strip().lower()
+    needle = inputs.text(text).strip().lower()
     rows = [e for e in recent_audit(data.client(), 500)
             if not needle or needle in " ".join(str(v) for v in e.values()).lower()]
     body = [html.Tr([html.Td(datetime.fromtimestamp(e["ts"], timezone.utc).strftime("%Y-%m-%d %H:%M:%S")),

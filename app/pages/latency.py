@@ -7,7 +7,7 @@ import dash_bootstrap_components as dbc
 import numpy as np
 from dash import Input, Output, callback, dcc, html
 
-from app import data
+from app import data, inputs
 from app.components import charts, kernels_table
 from core import schema
 from core.settings import DEFAULT_STAGE_THRESHOLDS_MS
@@ -57,9 +57,9 @@ def _series_fallback(_n, _window, _stage):
           Input("latency-stage", "value"))
 @data.guarded(_series_fallback)
 def update_series(_n, window, stage):
-    client, window_s = data.client(), WINDOWS.get(window, 300)
+    client, window_s = data.client(), WINDOWS.get(inputs.scalar(window), 300)
     stats = query.get_latency_statistics(client, window_s=window_s)
-    stage = stage if stage in stats else TOTAL
+    stage = stage if inputs.scalar(stage) in stats else TOTAL
     threshold = (stats.get(stage) or {}).get("threshold_us")
     res = RESOLUTION.get(window_s, 10)
     series = {name: query.stage_series(client, name, window_s, resolution_s=res)
@@ -108,9 +108,9 @@ def _details_fallback(_n, _window, _stage):
           Input("latency-stage", "value"))
 @data.guarded(_details_fallback)
 def update_details(_n, window, stage):
-    client, window_s = data.client(), WINDOWS.get(window, 300)
+    client, window_s = data.client(), WINDOWS.get(inputs.scalar(window), 300)
     stats = query.get_latency_statistics(client, window_s=window_s)
-    stage = stage if stage in stats else TOTAL
+    stage = stage if inputs.scalar(stage) in stats else TOTAL
     found = query.identify_bottlenecks(stats)
     return (_cdf_figure(client, stage, window_s), _breakdown_figure(found, stats),
             _bottleneck(found), _stage_table(stats),

@@ -7,7 +7,7 @@ import dash
 import dash_bootstrap_components as dbc
 from dash import Input, Output, callback, dcc, html
 
-from app import data
+from app import data, inputs
 from app.components import charts
 from app.components.kpi import against, kpi_card, severity_color, status_class
 from core import alerts, health, metrics, report, runtime_config
@@ -111,7 +111,7 @@ def _charts_fallback(_n, _window):
 @data.guarded(_charts_fallback)
 def update_system_charts(_n, window):
     client = data.client()
-    rows = metrics.metrics_series(client, WINDOWS.get(window, 900))
+    rows = metrics.metrics_series(client, WINDOWS.get(inputs.scalar(window), 900))
     config = runtime_config.current(client)
     cpu_limit, mem_limit = config["alerts.cpu_pct"], config["memory_threshold_pct"]
     mib = 1 / 1024**2

@@ -17,7 +17,7 @@ import dash_bootstrap_components as dbc
 import redis
 from dash import ALL, Input, Output, State, callback, ctx, dcc, html, no_update
 
-from app import auth, data
+from app import auth, data, inputs
 from core import runtime_config as rc
 
 dash.register_page(__name__, path="/settings", name="Settings", order=92, min_role="admin")
@@ -128,7 +128,7 @@ def layout(**_kwargs):
 # ---- save / reset / import ------------------------------------------------------------------
 def _decode_upload(contents: str) -> bytes:
     try:
-        return base64.b64decode(contents.split(",", 1)[1], validate=True)
+        return base64.b64decode(inputs.text(contents).split(",", 1)[1], validate=True)
     except (IndexError, ValueError, binascii.Error):
         raise rc.ConfigError({"": "the uploaded file could not be read"}) from None
 
@@ -186,7 +186,7 @@ def act(_save, _reset, upload, values, loaded):
     if denied:
         return values_out, invalid, feedback, dbc.Alert(denied, color="danger"), no_update, no_update
     try:
-        result = _run(ctx.triggered_id, dict(zip(field_keys, values)), loaded or {}, upload,
+        result = _run(ctx.triggered_id, dict(zip(field_keys, values)), inputs.mapping(loaded), upload,
                       auth.current_user()["username"])
         snap = rc.snapshot(data.client())
     except rc.ConfigError as exc:
@@ -206,7 +206,7 @@ def act(_save, _reset, upload, values, loaded):
                        html.Div(note, className="small") if note else None],
                       color="success" if result["changes"] else "info", id="settings-ok", dismissable=True)
     fresh = {k: field_text(v) for k, v in snap["values"].items()}
-    return ([fresh[k] for k in field_keys], invalid, feedback, alert, fresh, f"version {snap['version']}")
+    return ([fresh.get(k, "") for k in field_keys], invalid, feedback, alert, fresh, f"version {snap['version']}")
 
 
 @callback(Output("settings-download", "data"), Output("settings-export-msg", "children"),

@@ -18,9 +18,10 @@ import time
 import dash
 import dash_bootstrap_components as dbc
 from dash import ALL, Input, Output, State, callback, ctx, dcc, html, no_update
+from dash.exceptions import PreventUpdate
 from kombu.exceptions import KombuError
 
-from app import auth, data
+from app import auth, data, inputs
 from app.components import charts
 from app.components import stress_view as view
 from core import risk_manager, schema, stress, stress_jobs
@@ -190,7 +191,7 @@ def _message(text: str, color: str = "danger") -> html.Div:
 def _decode_upload(contents: str) -> str:
     """dcc.Upload's data URL -> text; StressInputError when it is not base64 UTF-8 text."""
     try:
-        raw = base64.b64decode(contents.split(",", 1)[1], validate=True)
+        raw = base64.b64decode(inputs.text(contents).split(",", 1)[1], validate=True)
         return raw.decode("utf-8-sig")
     except (IndexError, ValueError, binascii.Error, UnicodeDecodeError):
         raise StressInputError("the file could not be read as UTF-8 text", "portfolio_csv") from None
@@ -243,7 +244,7 @@ def run(*args):
     values, source, upload = args[len(RUN_IDS):]
     unchanged = [no_update] * len(RUN_IDS)
     if not ctx.triggered_id or not ctx.triggered[0]["value"]:
-        return (no_update,) * 5 + tuple(unchanged)
+        raise PreventUpdate  # nothing clicked (its wildcard outputs take no bare no_update)
     texts = dict(zip(_keys(ctx.states_list[0]), values))
     denied = auth.require_role("operator")
     if denied:
@@ -466,7 +467,7 @@ def _custom_action(trigger: str, texts: dict, selected: str | None) -> tuple[htm
 def custom_scenarios(_save, _delete, values, ids, selected):
     message, select = None, no_update
     if ctx.triggered_id and ctx.triggered[0]["value"]:
-        texts = {i["key"]: v for i, v in zip(ids, values)}
+        texts = {i["key"]: v for i, v in zip(ids, values) if "key" in inputs.mapping(i)}
         try:
             message, select = _custom_action(ctx.triggered_id, texts, selected)
         except StressInputError as exc:

@@ -7,7 +7,7 @@ import dash
 import dash_bootstrap_components as dbc
 from dash import Input, Output, State, callback, html, no_update
 
-from app import auth, data
+from app import auth, data, inputs
 from core import users
 from core.audit import write_audit
 
@@ -63,10 +63,10 @@ def change_user(_add, _update, _delete, _token, name, password, role):
     action = dash.ctx.triggered_id
     if action is None:
         return no_update, _table()
-    name, me = (name or "").strip().lower(), auth.current_user()["username"]
+    name, me = inputs.text(name).strip().lower(), auth.current_user()["username"]
     client = data.client()
     try:
-        message = _apply(client, action, name, password or None, role, me)
+        message = _apply(client, action, name, inputs.text(password) or None, inputs.scalar(role), me)
     except users.UserError as exc:
         return dbc.Alert(str(exc), color="warning", id="users-error"), no_update
     write_audit(client, f"user_{action.removeprefix('users-')}", me, "web", name, {"role": role})
