@@ -23,14 +23,16 @@ Otherwise `read` returns None and the caller reads the database, as before.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from core import db, history, memory
+from core import db, history, memory, schema
 
 NAME = "daily_closes"
+MEASURE_EVERY_S = 3600.0          # the two-process copy-vs-mapping measurement (memory.optimize)
 
 
 def keep_days(settings) -> int:
@@ -110,3 +112,48 @@ def read(conn, var_dir: Path, symbols: Sequence[str], last_rows: int | None = No
     if len(rows) < last_rows and not whole_history:
         return None
     return rows[-last_rows:]
+
+
+# ---- memory.optimize: keep it current and measure what it saves ----------------------------
+def _measure_hourly(s, entry: dict) -> dict:
+    """Two processes holding the closes at once, as private copies and as mappings
+    (core.memory.measure_mmap_saving), at most every MEASURE_EVERY_S: the last one otherwise."""
+    last = entry.get("measured") or None
+    if last and time.time() - last.get("ts", 0) < MEASURE_EVERY_S:
+        return last
+    return {"ts": time.time(), **memory.measure_mmap_saving(s.var_dir, NAME, readers=2)}
+
+
+def refresh_and_measure(client, s, pids: dict[int, str]) -> dict | None:
+    """The memory-mapped daily closes: rebuilt when absent or behind the
+    history (the pipeline runner keeps it current while it runs), then what it saves, measured:
+    the console processes mapping it now (smaps) and the hourly two-process comparison."""
+    conn = history.connect(s.database_url)
+    try:
+        mapped = current_mapping(conn, s.var_dir)
+        if mapped is None and rebuild(conn, s.var_dir, keep_days(s), client):
+            mapped = current_mapping(conn, s.var_dir)
+    finally:
+        conn.close()
+    if mapped is None:
+        return None                               # no history yet
+    entry = schema.loads(client.hget(schema.MEMORY_MMAP, NAME)) or {}
+    live = memory.mapped_usage(s.var_dir, NAME, pids)
+    measured = _measure_hourly(s, entry)
+    client.hset(schema.MEMORY_MMAP, NAME, schema.dumps(
+        {"path": str(mapped.path), "shape": list(mapped.array.shape), "dtype": mapped.array.dtype.str,
+         "bytes": int(mapped.array.nbytes), "t": mapped.written_at, "meta": mapped.meta,
+         "live": live, "measured": measured}))
+    return {"name": NAME, "shape": list(mapped.array.shape),
+            "array_bytes": int(mapped.array.nbytes), "live": live, "measured": measured}
+
+
+def saving_changes(mmap: dict) -> list[dict]:
+    """The optimization history's rows: USS of the readers as private copies vs as mappings."""
+    live, measured = mmap["live"], mmap["measured"]
+    n = len(live["readers"])
+    return [{"what": f"mmap {mmap['name']}: USS of its {n} live reader(s), private copies vs mapped",
+             "before": live["rss_bytes"], "after": live["uss_bytes"]},
+            {"what": f"mmap {mmap['name']}: USS of {measured['readers']} processes holding it, "
+                     "copies vs mapped (measured)",
+             "before": sum(measured["copy"]["uss_added"]), "after": sum(measured["mmap"]["uss_added"])}]

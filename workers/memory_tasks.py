@@ -1,66 +1,21 @@
 """`memory.optimize`: measure, collect, recover, keep the daily closes memory-mapped.
 
-Thin: the work is core.memory; this module picks the inputs from settings and writes the
-result (with before/after figures) to the optimization history through workers._optimize.
+Thin: the work is core.memory and core.shared_closes; this module picks the inputs from
+settings and writes the result (with before/after figures) to the optimization history
+through workers._optimize.
 """
 from __future__ import annotations
 
 import logging
 import subprocess
-import time
 
 from celery_config import celery_app
-from core import history, memory, runtime_config, schema, shared_closes
+from core import history, memory, runtime_config, shared_closes
 from workers._optimize import run_locked
 
 log = logging.getLogger(__name__)
 
 LOCK_S = 120
-MEASURE_EVERY_S = 3600.0          # the two-process copy-vs-mapping measurement
-
-
-def _measure_hourly(s, entry: dict) -> dict:
-    """Two processes holding the closes at once, as private copies and as mappings
-    (core.memory.measure_mmap_saving), at most every MEASURE_EVERY_S: the last one otherwise."""
-    last = entry.get("measured") or None
-    if last and time.time() - last.get("ts", 0) < MEASURE_EVERY_S:
-        return last
-    return {"ts": time.time(), **memory.measure_mmap_saving(s.var_dir, shared_closes.NAME, readers=2)}
-
-
-def _shared_closes(client, s, pids: dict[int, str]) -> dict | None:
-    """The memory-mapped daily closes (core.shared_closes): rebuilt when absent or behind the
-    history (the pipeline runner keeps it current while it runs), then what it saves, measured:
-    the console processes mapping it now (smaps) and the hourly two-process comparison."""
-    conn = history.connect(s.database_url)
-    try:
-        mapped = shared_closes.current_mapping(conn, s.var_dir)
-        if mapped is None and shared_closes.rebuild(conn, s.var_dir, shared_closes.keep_days(s), client):
-            mapped = shared_closes.current_mapping(conn, s.var_dir)
-    finally:
-        conn.close()
-    if mapped is None:
-        return None                               # no history yet
-    entry = schema.loads(client.hget(schema.MEMORY_MMAP, shared_closes.NAME)) or {}
-    live = memory.mapped_usage(s.var_dir, shared_closes.NAME, pids)
-    measured = _measure_hourly(s, entry)
-    client.hset(schema.MEMORY_MMAP, shared_closes.NAME, schema.dumps(
-        {"path": str(mapped.path), "shape": list(mapped.array.shape), "dtype": mapped.array.dtype.str,
-         "bytes": int(mapped.array.nbytes), "t": mapped.written_at, "meta": mapped.meta,
-         "live": live, "measured": measured}))
-    return {"name": shared_closes.NAME, "shape": list(mapped.array.shape),
-            "array_bytes": int(mapped.array.nbytes), "live": live, "measured": measured}
-
-
-def _mmap_changes(mmap: dict) -> list[dict]:
-    """The optimization history's rows: USS of the readers as private copies vs as mappings."""
-    live, measured = mmap["live"], mmap["measured"]
-    n = len(live["readers"])
-    return [{"what": f"mmap {mmap['name']}: USS of its {n} live reader(s), private copies vs mapped",
-             "before": live["rss_bytes"], "after": live["uss_bytes"]},
-            {"what": f"mmap {mmap['name']}: USS of {measured['readers']} processes holding it, "
-                     "copies vs mapped (measured)",
-             "before": sum(measured["copy"]["uss_added"]), "after": sum(measured["mmap"]["uss_added"])}]
 
 
 def _work(client, trigger: str) -> dict:
@@ -71,7 +26,7 @@ def _work(client, trigger: str) -> dict:
     after = memory.monitor_memory_usage(client)
     trend = memory.get_memory_trend(memory.memory_series(client, 900))
     try:
-        mmap = _shared_closes(client, s, {p["pid"]: p["role"] for p in after["procs"]})
+        mmap = shared_closes.refresh_and_measure(client, s, {p["pid"]: p["role"] for p in after["procs"]})
     except (OSError, ValueError, RuntimeError, subprocess.SubprocessError, *history.DB_ERRORS) as exc:
         log.warning("memory.optimize: memory-mapped closes not refreshed or measured: %s", exc)
         mmap = None
@@ -80,7 +35,7 @@ def _work(client, trigger: str) -> dict:
                {"what": "console rss_bytes", "before": before["console_rss_bytes"],
                 "after": after["console_rss_bytes"]}]
     if mmap:
-        changes += _mmap_changes(mmap)
+        changes += shared_closes.saving_changes(mmap)
     result.pop("gc_stats", None)
     return {"action": recovery["action"], "percent": before["percent"], "gc": result["gc"],
             "freed_objects": result["freed_objects"], "freed_bytes": result["freed_bytes"],
