@@ -7,6 +7,9 @@ default state (or its usual validation message) instead of raising, which would 
 """
 from __future__ import annotations
 
+import base64
+import binascii
+
 _SCALARS = (str, int, float, bool, type(None))
 
 
@@ -24,3 +27,12 @@ def scalar(value):
 def mapping(value) -> dict:
     """`value` when it is a dict (a dcc.Store's data), else {}."""
     return value if isinstance(value, dict) else {}
+
+
+def upload_bytes(contents) -> bytes:
+    """The file of a dcc.Upload's `contents` (a base64 data URL); ValueError when `contents`
+    is not one (absent, not text, no comma, bad base64)."""
+    try:
+        return base64.b64decode(text(contents).split(",", 1)[1], validate=True)
+    except (IndexError, ValueError, binascii.Error):
+        raise ValueError("not a base64 data URL") from None

@@ -8,8 +8,6 @@ change another admin made meanwhile.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import datetime, timezone
 
 import dash
@@ -128,8 +126,8 @@ def layout(**_kwargs):
 # ---- save / reset / import ------------------------------------------------------------------
 def _decode_upload(contents: str) -> bytes:
     try:
-        return base64.b64decode(inputs.text(contents).split(",", 1)[1], validate=True)
-    except (IndexError, ValueError, binascii.Error):
+        return inputs.upload_bytes(contents)
+    except ValueError:
         raise rc.ConfigError({"": "the uploaded file could not be read"}) from None
 
 

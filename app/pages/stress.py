@@ -11,8 +11,6 @@ page load re-attaches to the user's own running job.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 
 import dash
@@ -191,9 +189,8 @@ def _message(text: str, color: str = "danger") -> html.Div:
 def _decode_upload(contents: str) -> str:
     """dcc.Upload's data URL -> text; StressInputError when it is not base64 UTF-8 text."""
     try:
-        raw = base64.b64decode(inputs.text(contents).split(",", 1)[1], validate=True)
-        return raw.decode("utf-8-sig")
-    except (IndexError, ValueError, binascii.Error, UnicodeDecodeError):
+        return inputs.upload_bytes(contents).decode("utf-8-sig")
+    except ValueError:                       # UnicodeDecodeError is one
         raise StressInputError("the file could not be read as UTF-8 text", "portfolio_csv") from None
 
 
